@@ -64,3 +64,80 @@ fn enter(fd: RawFd) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// A named namespace under `/run/netns` (as `ip netns add` makes), removed on drop.
+///
+/// Used by the demo and by tools that need throwaway namespaces without iproute2.
+#[derive(Debug)]
+pub struct NamedNetNs {
+    ns: NetNs,
+    path: PathBuf,
+}
+
+impl NamedNetNs {
+    /// Creates `/run/netns/<name>` holding a new, empty network namespace (only `lo`, down).
+    pub fn create(name: &str) -> io::Result<NamedNetNs> {
+        let dir = Path::new("/run/netns");
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let target = path.clone();
+        let made = std::thread::spawn(move || -> io::Result<()> {
+            // SAFETY: unshare only changes this short-lived thread's network namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let src = c"/proc/thread-self/ns/net";
+            let dst = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+                .map_err(io::Error::other)?;
+            // SAFETY: both paths are valid NUL-terminated strings; a bind mount of our own
+            // namespace file keeps the namespace alive after this thread ends.
+            let rc = unsafe {
+                libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+        .join()
+        .map_err(|_| io::Error::other("namespace thread panicked"))?;
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(NamedNetNs {
+            ns: NetNs::open(&path)?,
+            path,
+        })
+    }
+
+    /// The open namespace.
+    pub fn ns(&self) -> &NetNs {
+        &self.ns
+    }
+
+    /// `/run/netns/<name>`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for NamedNetNs {
+    fn drop(&mut self) {
+        if let Ok(p) = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid path; MNT_DETACH lets the namespace go once unused.
+            unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

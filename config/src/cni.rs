@@ -313,7 +313,10 @@ impl NetConf {
         {
             return Err(ConfigError::new(
                 "name",
-                format!("{:?} may only contain letters, digits, '-', '_' and '.'", self.name),
+                format!(
+                    "{:?} may only contain letters, digits, '-', '_' and '.'",
+                    self.name
+                ),
             ));
         }
         let bridge = self.bridge_name();
@@ -325,12 +328,18 @@ impl NetConf {
         }
         if let Some(mtu) = self.mtu {
             if !(68..=65535).contains(&mtu) {
-                return Err(ConfigError::new("mtu", format!("{mtu} is outside 68..=65535")));
+                return Err(ConfigError::new(
+                    "mtu",
+                    format!("{mtu} is outside 68..=65535"),
+                ));
             }
         }
         if let Some(vlan) = self.vlan {
             if !(1..=4094).contains(&vlan) {
-                return Err(ConfigError::new("vlan", format!("{vlan} is outside 1..=4094")));
+                return Err(ConfigError::new(
+                    "vlan",
+                    format!("{vlan} is outside 1..=4094"),
+                ));
             }
         }
         if let Some(ipam) = &self.ipam {
@@ -339,7 +348,10 @@ impl NetConf {
         for (i, pm) in self.runtime_config.port_mappings.iter().enumerate() {
             let field = format!("runtimeConfig.portMappings[{i}]");
             if pm.host_port == 0 {
-                return Err(ConfigError::new(format!("{field}.hostPort"), "must be 1..=65535"));
+                return Err(ConfigError::new(
+                    format!("{field}.hostPort"),
+                    "must be 1..=65535",
+                ));
             }
             if pm.container_port == 0 {
                 return Err(ConfigError::new(
@@ -430,13 +442,20 @@ impl IpamConfig {
                 if host_bits < 2 {
                     return Err(ConfigError::new(
                         format!("{f}.subnet"),
-                        format!("{} is too small to hold a gateway and a container", r.subnet),
+                        format!(
+                            "{} is too small to hold a gateway and a container",
+                            r.subnet
+                        ),
                     ));
                 }
                 if r.subnet.trunc() != r.subnet {
                     return Err(ConfigError::new(
                         format!("{f}.subnet"),
-                        format!("{} has host bits set (did you mean {}?)", r.subnet, r.subnet.trunc()),
+                        format!(
+                            "{} has host bits set (did you mean {}?)",
+                            r.subnet,
+                            r.subnet.trunc()
+                        ),
                     ));
                 }
                 for (name, a) in [
@@ -549,7 +568,10 @@ mod tests {
 
     #[test]
     fn mac_parsing() {
-        assert_eq!(parse_mac("02:00:00:aa:bb:0c"), Some([2, 0, 0, 0xaa, 0xbb, 0x0c]));
+        assert_eq!(
+            parse_mac("02:00:00:aa:bb:0c"),
+            Some([2, 0, 0, 0xaa, 0xbb, 0x0c])
+        );
         assert_eq!(parse_mac("02:00:00:aa:bb"), None);
         assert_eq!(parse_mac("02:00:00:aa:bb:0c:00"), None);
     }

@@ -1,0 +1,381 @@
+//! ADD: attach a container to the network.
+//!
+//! Steps: record the intent → allocate addresses → ensure the bridge (and its gateway
+//! addresses) → create the veth pair with its peer directly in the container → wire the host end
+//! → address and route the container end → one nf_tables batch for masquerade, port maps and MAC
+//! checks → complete the record. Any failure undoes what this ADD did, leaving nothing
+//! half-configured (the record makes that true even if the plugin is killed).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use netd_config::cni::{parse_mac, Route};
+use serde_json::Value;
+
+use super::{port_maps, requested_ips, Ctx};
+use crate::delegate;
+use crate::error::Error;
+use crate::link::{self, Link, LinkError, Netlink, RouteEntry};
+use crate::nat::Nft;
+use crate::netns::NetNs;
+use crate::spec::{CniResult, Interface, IpConfig};
+use crate::state::{host_veth_name, Attachment};
+
+/// Runs ADD and returns the result in the requested version's shape.
+pub fn run(ctx: &Ctx) -> Result<Value, Error> {
+    let container_id = ctx.env.container_id()?;
+    let ifname = ctx.env.ifname()?;
+    let netns_path = ctx.env.netns()?;
+    let ipam = ctx.ipam_conf()?;
+    let netns = NetNs::open(netns_path).map_err(|e| {
+        Error::Env(format!(
+            "CNI_NETNS {}: cannot open it: {e}",
+            netns_path.display()
+        ))
+    })?;
+    let prev = prev_result(ctx)?;
+    let _lock = ctx.dir.lock()?;
+
+    // An earlier ADD of the same attachment (retried, or killed half-way) is undone first.
+    if let Some(old) = ctx.dir.load(container_id, ifname)? {
+        super::del::teardown(ctx, &old, super::del::Scope::Everything)?;
+    }
+    let mut att = Attachment {
+        container_id: container_id.to_string(),
+        ifname: ifname.to_string(),
+        netns: netns_path.display().to_string(),
+        bridge: ctx.conf.bridge_name().to_string(),
+        host_veth: host_veth_name(&ctx.conf.name, container_id, ifname),
+        macspoofchk: ctx.conf.macspoofchk,
+        ipam_type: ipam.ipam_type.clone(),
+        names: names(ctx),
+        ..Attachment::default()
+    };
+    ctx.dir.save(&att)?;
+
+    let mut undo = Undo::default();
+    match attach(ctx, &netns, &mut att, &mut undo) {
+        Ok(mut result) => {
+            if let Some(mut prev) = prev {
+                prev.extend(result);
+                result = prev;
+            }
+            Ok(result.to_json(ctx.version))
+        }
+        Err(e) => {
+            rollback(ctx, &att, &undo);
+            Err(e)
+        }
+    }
+}
+
+/// What this ADD created that DEL would not remove.
+#[derive(Default)]
+struct Undo {
+    /// The bridge, when this ADD created it.
+    bridge: Option<u32>,
+}
+
+fn attach(
+    ctx: &Ctx,
+    netns: &NetNs,
+    att: &mut Attachment,
+    undo: &mut Undo,
+) -> Result<CniResult, Error> {
+    let conf = &ctx.conf;
+    let mut result = allocate(ctx, att)?;
+    att.ips = result.ips.iter().map(|ip| ip.address).collect();
+    ctx.dir.save(att)?;
+
+    let mut host = Netlink::open()?;
+    let bridge = setup_bridge(ctx, &mut host, &result, undo)?;
+    let veth = create_veth(ctx, &mut host, netns, att)?;
+    setup_host_port(ctx, &mut host, &bridge, &veth)?;
+    let container = setup_container(ctx, netns, &att.ifname, &mut result)?;
+    att.mac = container.mac.map(format_mac);
+
+    if ctx.needs_nat() {
+        att.ports = port_maps(conf, &att.addrs());
+        ctx.dir.save(att)?;
+        let net = ctx.network_spec(&att.ips);
+        Nft::open()?.add_attachment(&net, &att.nat_spec())?;
+    }
+    att.complete = true;
+    ctx.dir.save(att)?;
+
+    result.interfaces = vec![
+        iface(&bridge, None),
+        iface(&veth, None),
+        iface(&container, Some(att.netns.clone())),
+    ];
+    for ip in &mut result.ips {
+        ip.interface = Some(2);
+    }
+    if let Some(dns) = &conf.dns {
+        result.dns = dns.clone();
+    }
+    Ok(result)
+}
+
+/// Undoes a failed ADD; a failure here is logged, the original error is what the runtime sees.
+fn rollback(ctx: &Ctx, att: &Attachment, undo: &Undo) {
+    if let Err(e) = super::del::teardown(ctx, att, super::del::Scope::OwnedOnly) {
+        eprintln!("netd-cni: rollback of {}: {e}", att.container_id);
+    }
+    if let Some(index) = undo.bridge {
+        let empty = Netlink::open()
+            .and_then(|mut nl| Ok(nl.links()?.iter().all(|l| l.master != Some(index))))
+            .unwrap_or(false);
+        if empty {
+            if let Err(e) = Netlink::open().and_then(|mut nl| nl.delete_link(index)) {
+                eprintln!("netd-cni: rollback: cannot remove bridge: {e}");
+            }
+        }
+    }
+}
+
+/// Addresses and routes from the built-in allocator or the delegated plugin.
+fn allocate(ctx: &Ctx, att: &Attachment) -> Result<CniResult, Error> {
+    let ipam = ctx.ipam_conf()?;
+    let Some(alloc) = ctx.builtin_ipam()? else {
+        // Delegated plugins read static addresses from runtimeConfig/args/CNI_ARGS themselves.
+        return delegate::add(&ipam.ipam_type, &ctx.env, &ctx.raw);
+    };
+    let requested = requested_ips(ctx)?;
+    let allocations = alloc.allocate(&att.owner(), &requested)?;
+    let ips = allocations
+        .into_iter()
+        .map(|a| IpConfig {
+            address: a.address,
+            gateway: a.gateway,
+            interface: None,
+        })
+        .collect();
+    Ok(CniResult {
+        ips,
+        routes: ipam.routes.clone(),
+        ..CniResult::default()
+    })
+}
+
+fn setup_bridge(
+    ctx: &Ctx,
+    host: &mut Netlink,
+    result: &CniResult,
+    undo: &mut Undo,
+) -> Result<Link, Error> {
+    let conf = &ctx.conf;
+    let (bridge, created) =
+        host.ensure_bridge(conf.bridge_name(), conf.mtu, conf.vlan.is_some())?;
+    if created {
+        undo.bridge = Some(bridge.index);
+    }
+    if conf.promisc_mode {
+        host.set_promisc(bridge.index, true)?;
+    }
+    if !bridge.up {
+        host.set_up(bridge.index)?;
+    }
+    if let Some(vid) = conf.vlan {
+        if conf.gateway_on_bridge() {
+            host.add_bridge_vlan(bridge.index, vid, true, true)?;
+        }
+    }
+    if conf.gateway_on_bridge() {
+        for ip in &result.ips {
+            if let Some(gw) = ip.gateway {
+                let gw_net = IpNet::new(gw, ip.address.prefix_len())
+                    .map_err(|e| Error::Config(format!("gateway {gw}: {e}")))?;
+                ensure_gateway_address(ctx, host, &bridge, gw_net)?;
+            }
+        }
+        if result.ips.iter().any(|ip| ip.address.addr().is_ipv4()) {
+            link::set_sysctl("net/ipv4/ip_forward", "1")
+                .map_err(|e| Error::io("cannot enable net.ipv4.ip_forward", e))?;
+        }
+        if result.ips.iter().any(|ip| ip.address.addr().is_ipv6()) {
+            link::set_sysctl("net/ipv6/conf/all/forwarding", "1")
+                .map_err(|e| Error::io("cannot enable net.ipv6.conf.all.forwarding", e))?;
+        }
+    }
+    if conf.has_capability("portMappings") {
+        // Lets the host's own 127.0.0.1 reach published ports (DNAT to the bridge subnet).
+        let key = format!("net/ipv4/conf/{}/route_localnet", bridge.name);
+        link::set_sysctl(&key, "1").map_err(|e| Error::io(format!("cannot set {key}"), e))?;
+    }
+    Ok(bridge)
+}
+
+/// Puts the gateway address on the bridge. Another address of the same subnet is an error
+/// unless `forceAddress` is set, in which case it is replaced (as the reference plugin does).
+fn ensure_gateway_address(
+    ctx: &Ctx,
+    host: &mut Netlink,
+    bridge: &Link,
+    gw: IpNet,
+) -> Result<(), Error> {
+    for existing in host.addresses(bridge.index)? {
+        if existing == gw || existing.addr().is_ipv4() != gw.addr().is_ipv4() {
+            continue;
+        }
+        let overlaps = existing.contains(&gw.addr()) || gw.contains(&existing.addr());
+        if !overlaps || existing.addr().is_ipv6() && is_link_local(existing.addr()) {
+            continue;
+        }
+        if !ctx.conf.force_address {
+            return Err(Error::Config(format!(
+                "bridge {} already has address {existing}, not the gateway {gw}; \
+                 set \"forceAddress\": true to replace it",
+                bridge.name
+            )));
+        }
+        host.del_address(bridge.index, existing)?;
+    }
+    host.add_address(bridge.index, gw, true)?;
+    Ok(())
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+fn create_veth(
+    ctx: &Ctx,
+    host: &mut Netlink,
+    netns: &NetNs,
+    att: &Attachment,
+) -> Result<Link, Error> {
+    let mac = mac_request(ctx)?;
+    let create = |host: &mut Netlink| {
+        host.create_veth(&att.host_veth, &att.ifname, netns, ctx.conf.mtu, mac)
+    };
+    match create(host) {
+        Err(LinkError::Exists { .. }) => {
+            // A host end left by a crashed ADD of this same attachment (the name is ours).
+            host.delete_link_by_name(&att.host_veth)?;
+            create(host).map_err(|e| explain_veth_error(e, att))
+        }
+        other => other.map_err(|e| explain_veth_error(e, att)),
+    }
+}
+
+fn explain_veth_error(e: LinkError, att: &Attachment) -> Error {
+    if e.errno() == Some(libc::EEXIST) {
+        return Error::Config(format!(
+            "interface {:?} already exists in the container's network namespace {}",
+            att.ifname, att.netns
+        ));
+    }
+    e.into()
+}
+
+fn mac_request(ctx: &Ctx) -> Result<Option<[u8; 6]>, Error> {
+    let raw = ctx
+        .conf
+        .runtime_config
+        .mac
+        .as_deref()
+        .filter(|_| ctx.conf.has_capability("mac"))
+        .or_else(|| ctx.env.arg("MAC"));
+    raw.map(|m| {
+        parse_mac(m).ok_or_else(|| Error::Config(format!("MAC {m:?} is not a MAC address")))
+    })
+    .transpose()
+}
+
+fn setup_host_port(ctx: &Ctx, host: &mut Netlink, bridge: &Link, veth: &Link) -> Result<(), Error> {
+    let conf = &ctx.conf;
+    host.set_master(veth.index, bridge.index)?;
+    if conf.hairpin_mode || conf.port_isolation {
+        host.set_bridge_port(veth.index, conf.hairpin_mode, conf.port_isolation)?;
+    }
+    if let Some(vid) = conf.vlan {
+        host.add_bridge_vlan(veth.index, vid, true, false)?;
+        if !conf.preserve_default_vlan.unwrap_or(true) {
+            host.del_bridge_vlan(veth.index, 1, false)?;
+        }
+    }
+    host.set_up(veth.index)?;
+    Ok(())
+}
+
+/// Addresses, link state and routes inside the container; fills in route gateways.
+fn setup_container(
+    ctx: &Ctx,
+    netns: &NetNs,
+    ifname: &str,
+    result: &mut CniResult,
+) -> Result<Link, Error> {
+    let mut nl = Netlink::open_in(netns)?;
+    let link = nl.link_by_name(ifname)?.ok_or_else(|| {
+        Error::Link(LinkError::NotFound {
+            what: format!("{ifname} in {}", netns.path().display()),
+        })
+    })?;
+    for ip in &result.ips {
+        nl.add_address(link.index, ip.address, !ctx.conf.enabledad)?;
+    }
+    nl.set_up(link.index)?;
+    if ctx.conf.is_default_gateway {
+        for gw in result.ips.iter().filter_map(|ip| ip.gateway) {
+            let dst: IpNet = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" }
+                .parse()
+                .map_err(|_| Error::Config("default route".into()))?;
+            if !result.routes.iter().any(|r| r.dst == dst) {
+                result.routes.push(Route { dst, gw: Some(gw) });
+            }
+        }
+    }
+    for route in &result.routes {
+        let family_gw = result
+            .ips
+            .iter()
+            .filter(|ip| ip.address.addr().is_ipv4() == route.dst.addr().is_ipv4())
+            .find_map(|ip| ip.gateway);
+        let entry = RouteEntry {
+            dst: route.dst,
+            gateway: route.gw.or(family_gw),
+            oif: Some(link.index),
+        };
+        nl.add_route(&entry)?;
+    }
+    Ok(nl.link_by_index(link.index)?.unwrap_or(link))
+}
+
+fn iface(link: &Link, sandbox: Option<String>) -> Interface {
+    Interface {
+        name: link.name.clone(),
+        mac: link.mac.map(format_mac),
+        mtu: Some(link.mtu),
+        sandbox,
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Names the runtime gave the container on this network.
+fn names(ctx: &Ctx) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    if ctx.conf.has_capability("aliases") {
+        names.extend(ctx.conf.runtime_config.aliases.iter().cloned());
+    }
+    if let Some(pod) = ctx.env.arg("K8S_POD_NAME") {
+        names.push(pod.to_string());
+    }
+    names.dedup();
+    names
+}
+
+fn prev_result(ctx: &Ctx) -> Result<Option<CniResult>, Error> {
+    ctx.conf
+        .prev_result
+        .as_ref()
+        .map(|v| CniResult::from_json(v).map_err(|e| Error::Decode(format!("prevResult: {e}"))))
+        .transpose()
+}

@@ -1,0 +1,143 @@
+//! DEL: detach a container. Idempotent: it succeeds when the namespace, the interface, the
+//! allocation or the rules are already gone, and works without a record (deriving the host
+//! interface name and finding the addresses in the allocator).
+//!
+//! The same teardown undoes a failed ADD and an attachment GC found stale.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::Ctx;
+use crate::delegate;
+use crate::env::Env;
+use crate::error::Error;
+use crate::link::Netlink;
+use crate::nat::{NatError, Nft};
+use crate::netns::NetNs;
+use crate::state::{host_veth_name, Attachment};
+
+/// How far teardown may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// DEL and GC: also remove a container-side veth of that name when the host end is gone.
+    Everything,
+    /// Rollback of a failed ADD: only what is provably ours (the container may already have
+    /// had an interface of that name, which is why the ADD failed).
+    OwnedOnly,
+}
+
+/// Runs DEL.
+pub fn run(ctx: &Ctx) -> Result<(), Error> {
+    let container_id = ctx.env.container_id()?;
+    let ifname = ctx.env.ifname()?;
+    let ipam = ctx.ipam_conf()?;
+    let _lock = ctx.dir.lock()?;
+    let att = match ctx.dir.load(container_id, ifname)? {
+        Some(att) => att,
+        None => {
+            let mut att = Attachment {
+                container_id: container_id.to_string(),
+                ifname: ifname.to_string(),
+                netns: ctx
+                    .env
+                    .netns
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                bridge: ctx.conf.bridge_name().to_string(),
+                host_veth: host_veth_name(&ctx.conf.name, container_id, ifname),
+                ipam_type: ipam.ipam_type.clone(),
+                ..Attachment::default()
+            };
+            if let Some(alloc) = ctx.builtin_ipam()? {
+                att.ips = alloc
+                    .owned_by(&att.owner())?
+                    .into_iter()
+                    .map(ipnet::IpNet::from)
+                    .collect();
+            }
+            att
+        }
+    };
+    teardown(ctx, &att, Scope::Everything)
+}
+
+/// Removes everything the attachment holds: links, NAT elements, addresses, the record.
+pub fn teardown(ctx: &Ctx, att: &Attachment, scope: Scope) -> Result<(), Error> {
+    remove_links(att, scope)?;
+    remove_nat(att)?;
+    release_addresses(ctx, att)?;
+    ctx.dir.remove(&att.container_id, &att.ifname)
+}
+
+fn remove_links(att: &Attachment, scope: Scope) -> Result<(), Error> {
+    // Deleting the host end takes the container end with it.
+    if Netlink::open()?.delete_link_by_name(&att.host_veth)? || scope == Scope::OwnedOnly {
+        return Ok(());
+    }
+    if att.netns.is_empty() {
+        return Ok(());
+    }
+    let Ok(netns) = NetNs::open(&att.netns) else {
+        return Ok(()); // the namespace is gone, and its interfaces with it
+    };
+    let mut nl = Netlink::open_in(&netns)?;
+    if let Some(link) = nl.link_by_name(&att.ifname)? {
+        if link.kind.as_deref() == Some("veth") {
+            nl.delete_link(link.index)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_nat(att: &Attachment) -> Result<(), Error> {
+    let addrs = att.addrs();
+    let mut spec = att.nat_spec();
+    let mut nft = match Nft::open() {
+        Ok(nft) => nft,
+        // Without nf_tables there can be no rules of ours to remove.
+        Err(NatError::Unavailable { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if spec.ports.is_empty() && !addrs.is_empty() {
+        // No record of the ports (a record-less DEL): find them by container address.
+        spec.ports = nft
+            .port_mappings()?
+            .into_iter()
+            .filter(|p| addrs.contains(&p.container_ip))
+            .collect();
+    }
+    if spec.ports.is_empty() && spec.mac.is_none() {
+        return Ok(());
+    }
+    Ok(nft.del_attachment(&spec)?)
+}
+
+fn release_addresses(ctx: &Ctx, att: &Attachment) -> Result<(), Error> {
+    if let Some(alloc) = ctx.builtin_ipam()? {
+        alloc.release_addrs(&att.owner(), &att.addrs())?;
+        if att.ips.is_empty() || !att.complete {
+            // A killed ADD may have reserved without recording: release by owner.
+            alloc.release(&att.owner())?;
+        }
+        return Ok(());
+    }
+    let env = Env {
+        container_id: Some(att.container_id.clone()),
+        ifname: Some(att.ifname.clone()),
+        netns: (!att.netns.is_empty()).then(|| PathBuf::from(&att.netns)),
+        ..ctx.env.clone()
+    };
+    let plugin = &ctx.ipam_conf()?.ipam_type;
+    delegate::exec(plugin, "DEL", &env, &without_prev_result(&ctx.raw)).map(|_| ())
+}
+
+/// A delegated DEL gets the configuration without our `prevResult` (it is not the IPAM's).
+fn without_prev_result(raw: &Value) -> Value {
+    let mut v = raw.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("prevResult");
+    }
+    v
+}

@@ -1,1 +1,0 @@
-//! rtnetlink operations (being written).
