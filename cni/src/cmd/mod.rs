@@ -259,3 +259,92 @@ pub fn requested_ips(ctx: &Ctx) -> Result<Vec<IpAddr>, Error> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx(v: Value) -> Result<Ctx, Error> {
+        Ctx::parse(Env::default(), v.to_string().as_bytes())
+    }
+
+    fn base() -> Value {
+        json!({"cniVersion": "1.0.0", "name": "n", "type": "netd-cni",
+               "ipam": {"type": "netd", "ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00::/64"}]]}})
+    }
+
+    #[test]
+    fn parse_maps_failures_to_codes() {
+        assert_eq!(
+            Ctx::parse(Env::default(), b"{").err().map(|e| e.code()),
+            Some(6)
+        );
+        assert_eq!(
+            Ctx::parse(Env::default(), b"[1]").err().map(|e| e.code()),
+            Some(6)
+        );
+        let mut v = base();
+        v["cniVersion"] = json!("0.2.0");
+        assert_eq!(ctx(v).err().map(|e| e.code()), Some(1));
+        let mut v = base();
+        v["mtu"] = json!(10);
+        let e = ctx(v).err().unwrap();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("mtu"), "{e}");
+        assert!(ctx(base()).is_ok());
+    }
+
+    #[test]
+    fn parse_never_panics_on_mangled_input() {
+        // Every prefix and a byte-flipped copy of a real configuration: errors, never panics.
+        let text = base().to_string();
+        let bytes = text.as_bytes();
+        for cut in 0..bytes.len() {
+            let _ = Ctx::parse(Env::default(), &bytes[..cut]);
+            let mut flipped = bytes.to_vec();
+            flipped[cut] ^= 0x20;
+            let _ = Ctx::parse(Env::default(), &flipped);
+        }
+    }
+
+    #[test]
+    fn port_maps_follow_families() {
+        let mut v = base();
+        v["capabilities"] = json!({"portMappings": true});
+        v["runtimeConfig"] = json!({"portMappings": [
+            {"hostPort": 80, "containerPort": 8080},
+            {"hostPort": 53, "containerPort": 53, "protocol": "udp", "hostIP": "192.0.2.1"}]});
+        let c = ctx(v).unwrap();
+        let addrs: Vec<IpAddr> = vec!["10.1.0.2".parse().unwrap(), "fd00::2".parse().unwrap()];
+        let maps = port_maps(&c.conf, &addrs);
+        assert_eq!(maps.len(), 3, "{maps:?}");
+        assert!(maps
+            .iter()
+            .all(|m| m.host_ip.is_none() || m.container_ip.is_ipv4()));
+    }
+
+    #[test]
+    fn valid_attachments_accepts_both_keys() {
+        let v = json!({"cni.dev/attachments": [{"containerID": "a", "ifname": "eth0"}]});
+        assert_eq!(valid_attachments(&v).unwrap().len(), 1);
+        let v = json!({"cni.dev/valid-attachments": [{"containerID": "a"}]});
+        assert!(valid_attachments(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("[0].ifname"));
+        assert!(valid_attachments(&json!({})).is_err());
+    }
+
+    #[test]
+    fn requested_ips_from_all_sources() {
+        let mut v = base();
+        v["capabilities"] = json!({"ips": true});
+        v["runtimeConfig"] = json!({"ips": ["10.1.0.9/24"]});
+        v["args"] = json!({"cni": {"ips": ["fd00::9"]}});
+        let mut c = ctx(v).unwrap();
+        c.env.args = crate::env::parse_args("IP=10.1.0.9,10.1.0.10");
+        let ips = requested_ips(&c).unwrap();
+        assert_eq!(ips.len(), 3, "{ips:?}");
+    }
+}

@@ -125,11 +125,13 @@ impl Transport {
     /// `NLM_F_DUMP_INTR`.
     fn exchange(&mut self, on_reply: &mut dyn FnMut(RouteNetlinkMessage)) -> Result<bool, Failure> {
         let seq = self.seq;
-        self.socket.send_to(&self.tx, &SocketAddr::new(0, 0), 0)?;
+        retry_interrupted(|| self.socket.send_to(&self.tx, &SocketAddr::new(0, 0), 0))?;
         let mut interrupted = false;
         loop {
-            self.rx.clear();
-            let len = self.socket.recv(&mut self.rx, libc::MSG_TRUNC)?;
+            let len = retry_interrupted(|| {
+                self.rx.clear();
+                self.socket.recv(&mut self.rx, libc::MSG_TRUNC)
+            })?;
             if len > self.rx.len() {
                 return Err(Failure::Decode(format!(
                     "a reply of {len} bytes does not fit the {RX_CAPACITY}-byte buffer"
@@ -190,6 +192,16 @@ impl Transport {
         self.seq = self.seq.wrapping_add(1);
         if let Some(field) = self.tx.get_mut(SEQ_FIELD) {
             field.copy_from_slice(&self.seq.to_ne_bytes());
+        }
+    }
+}
+
+/// Repeats a socket call that a signal interrupted.
+fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
         }
     }
 }

@@ -197,14 +197,21 @@ impl Nft {
     }
 
     /// Removes the attachment's elements. Succeeds when some or all are already gone, and
-    /// when the tables do not exist.
+    /// when the tables do not exist. A host port now mapped to a different container address
+    /// is left alone.
     pub fn del_attachment(&mut self, att: &AttachmentSpec) -> Result<(), NatError> {
+        let mut items = Vec::new();
         // What cannot be encoded was never added: nothing of it to delete.
-        let mut items: Vec<Item> = att
-            .ports
-            .iter()
-            .filter_map(|p| elements::port_item(p).ok())
-            .collect();
+        for item in att.ports.iter().filter_map(|p| elements::port_item(p).ok()) {
+            // The kernel deletes map elements by key alone: leave a port that maps to another
+            // container (e.g. this attachment's ADD failed with PortInUse).
+            if self
+                .get_elem(&item)?
+                .is_some_and(|e| e.data == item.elems[0].data)
+            {
+                items.push(item);
+            }
+        }
         items.extend(elements::mac_items(att).unwrap_or_default());
         self.delete_items(items)
     }

@@ -268,9 +268,12 @@ fn a_published_port_cannot_be_published_again() {
         "port 8080/tcp on 0.0.0.0 is already published"
     );
     assert_eq!(err.errno(), Some(libc::EEXIST));
-    // Nothing of the failed batch was applied.
+    // Nothing of the failed batch was applied, and the runtime's cleanup DEL of the failed
+    // attachment leaves the port's owner alone.
     assert_eq!(nft.port_mappings().expect("list"), first.ports);
     assert_eq!(ns.ruleset().elems("bridge", "checked"), [r#""veth1""#]);
+    nft.del_attachment(&second).expect("cleanup del");
+    assert_eq!(nft.port_mappings().expect("list"), first.ports);
 
     // Same port on a specific host IP, or over UDP, is a different key.
     let specific = att(
