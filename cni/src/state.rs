@@ -2,7 +2,9 @@
 //! network, and one attachment record per (container, interface).
 //!
 //! ADD writes the record *before* it changes anything, and completes it at the end; so a plugin
-//! killed mid-ADD leaves a record from which DEL or GC can undo whatever it had done.
+//! killed mid-ADD leaves a record from which DEL or GC can undo whatever it had done. Records
+//! are replaced atomically (temp file + rename) but not fsynced: what they describe (veths,
+//! rules) does not outlive a power loss either.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -134,9 +136,7 @@ impl NetworkDir {
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(&body)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(self.attachments_dir())?.sync_all()
+            fs::rename(&tmp, &path)
         };
         write().map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
     }

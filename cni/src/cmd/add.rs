@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use netd_config::cni::{parse_mac, Route};
 use serde_json::Value;
 
-use super::{port_maps, requested_ips, Ctx};
+use super::{port_maps, requested_ips, Ctx, Trace};
 use crate::delegate;
 use crate::error::Error;
 use crate::link::{self, Link, LinkError, Netlink, RouteEntry};
@@ -34,7 +34,9 @@ pub fn run(ctx: &Ctx) -> Result<Value, Error> {
         ))
     })?;
     let prev = prev_result(ctx)?;
+    let mut trace = Trace::start();
     let _lock = ctx.dir.lock()?;
+    trace.mark("lock");
 
     // An earlier ADD of the same attachment (retried, or killed half-way) is undone first.
     if let Some(old) = ctx.dir.load(container_id, ifname)? {
@@ -52,6 +54,7 @@ pub fn run(ctx: &Ctx) -> Result<Value, Error> {
         ..Attachment::default()
     };
     ctx.dir.save(&att)?;
+    trace.mark("intent");
 
     let mut undo = Undo::default();
     match attach(ctx, &netns, &mut att, &mut undo) {
@@ -83,25 +86,32 @@ fn attach(
     undo: &mut Undo,
 ) -> Result<CniResult, Error> {
     let conf = &ctx.conf;
+    let mut trace = Trace::start();
     let mut result = allocate(ctx, att)?;
     att.ips = result.ips.iter().map(|ip| ip.address).collect();
     ctx.dir.save(att)?;
+    trace.mark("ipam");
 
     let mut host = Netlink::open()?;
     let bridge = setup_bridge(ctx, &mut host, &result, undo)?;
+    trace.mark("bridge");
     let veth = create_veth(ctx, &mut host, netns, att)?;
     setup_host_port(ctx, &mut host, &bridge, &veth)?;
+    trace.mark("veth");
     let container = setup_container(ctx, netns, &att.ifname, &mut result)?;
     att.mac = container.mac.map(format_mac);
+    trace.mark("container");
 
     if ctx.needs_nat() {
         att.ports = port_maps(conf, &att.addrs());
         ctx.dir.save(att)?;
         let net = ctx.network_spec(&att.ips);
         Nft::open()?.add_attachment(&net, &att.nat_spec())?;
+        trace.mark("nat");
     }
     att.complete = true;
     ctx.dir.save(att)?;
+    trace.mark("record");
 
     result.interfaces = vec![
         iface(&bridge, None),

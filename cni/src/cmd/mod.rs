@@ -35,6 +35,34 @@ pub struct Ctx {
     pub dir: NetworkDir,
 }
 
+/// Per-step timings on stderr when `NETD_CNI_TRACE` is set (for profiling ADD and DEL).
+pub struct Trace {
+    on: bool,
+    last: std::time::Instant,
+}
+
+impl Trace {
+    /// Starts timing.
+    pub fn start() -> Trace {
+        Trace {
+            on: std::env::var_os("NETD_CNI_TRACE").is_some(),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Reports the time since the previous mark under `step`.
+    pub fn mark(&mut self, step: &str) {
+        if self.on {
+            let now = std::time::Instant::now();
+            eprintln!(
+                "netd-cni: {step:<16} {:>8.3} ms",
+                (now - self.last).as_secs_f64() * 1e3
+            );
+            self.last = now;
+        }
+    }
+}
+
 /// Runs `command` on the configuration in `stdin`; returns what to print on success.
 pub fn run(command: Command, env: Env, stdin: &[u8]) -> Result<Option<Value>, Error> {
     if command == Command::Version {

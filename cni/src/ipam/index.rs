@@ -1,7 +1,7 @@
 //! The owner index: which addresses an owner may hold, so an ADD retry finds its earlier
 //! allocation without scanning the whole directory.
 //!
-//! It is a *hint*, kept a superset of the truth: addresses are added (and made durable) before
+//! It is a *hint*, kept a superset of the truth: addresses are added before
 //! they are reserved and removed only after their reservation is gone, so a process killed at
 //! any point leaves an index that names every reservation of the owner, plus perhaps some it
 //! no longer holds. Readers check each entry against its reservation file, which stays the

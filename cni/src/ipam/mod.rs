@@ -194,9 +194,7 @@ impl Ipam {
             index::save(&locked, owner, &kept)?;
             changed = true;
         }
-        if changed {
-            locked.sync_dir()?;
-        }
+        if changed {}
         Ok(())
     }
 
@@ -212,7 +210,6 @@ impl Ipam {
             }
         }
         index::save(&locked, owner, &[])?;
-        locked.sync_dir()?;
         Ok(released)
     }
 
@@ -243,7 +240,6 @@ impl Ipam {
             }
         }
         index::retain(&locked, |o| valid.contains(o))?;
-        locked.sync_dir()?;
         Ok(released)
     }
 
@@ -357,7 +353,6 @@ impl Ipam {
         reserved: &mut Vec<(usize, IpAddr)>,
     ) -> Result<()> {
         index::save(locked, owner, hint)?;
-        locked.sync_dir()?;
         for p in plan {
             let mut addr = p.addr;
             while !locked.reserve(addr, owner)? {
@@ -372,7 +367,6 @@ impl Ipam {
                 addr = self.probe_free(locked, p.set, Some(addr))?;
                 hint.push(addr);
                 index::save(locked, owner, hint)?;
-                locked.sync_dir()?;
             }
             reserved.push((p.set, addr));
         }
@@ -380,7 +374,7 @@ impl Ipam {
             // Only a hint: failing to move the cursor costs round-robin once, not the ADD.
             let _ = locked.set_last_reserved(set, addr);
         }
-        locked.sync_dir()
+        Ok(())
     }
 
     /// Best-effort undo of a failed allocation: the caller reports the original error.
@@ -394,7 +388,6 @@ impl Ipam {
             let _ = locked.remove(addr);
         }
         let _ = index::save(locked, owner, before);
-        let _ = locked.sync_dir();
     }
 
     fn describe(&self, held: &[Option<IpAddr>]) -> Vec<Allocation> {

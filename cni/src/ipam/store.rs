@@ -6,8 +6,12 @@
 //! the same lock), and only a [`Locked`] guard exposes the file operations, so nothing reads or
 //! writes the store without it.
 //!
-//! Crash safety: a reservation is written to a temp file, fsynced, then `link()`ed to its
-//! address name, so it never exists without its owner and `EEXIST` means taken. Temp files
+//! Crash safety: a reservation is written to a temp file, then `link()`ed to its address name,
+//! so it never exists without its owner and `EEXIST` means taken. This is atomic against the
+//! plugin being killed at any point. It is deliberately not fsynced (host-local does not fsync
+//! either): a power loss also takes every namespace, veth and nf_tables rule with it, and the
+//! runtime's GC/DEL after the reboot releases whatever the store still holds; an fsync per
+//! reservation would triple the cost of ADD. Temp files
 //! (prefix [`TEMP_PREFIX`]) are only created under the lock and removed before it is released,
 //! so one seen by a lock holder was left by a killed process: it is overwritten or removed.
 //! This module does not decide *which* address to take; that is `range` and the wiring in
@@ -147,11 +151,10 @@ impl Locked<'_> {
         }
     }
 
-    /// Atomically reserves `addr` for `owner`: `Ok(false)` when it is already taken. The
-    /// reservation is durable once the directory is synced ([`Locked::sync_dir`]).
+    /// Atomically reserves `addr` for `owner`: `Ok(false)` when it is already taken.
     pub(crate) fn reserve(&self, addr: IpAddr, owner: &Owner) -> Result<bool> {
         let tmp = self.path(&format!("{TEMP_PREFIX}reserve"));
-        self.write_temp(&tmp, record(owner).as_bytes(), true)?;
+        self.write_temp(&tmp, record(owner).as_bytes())?;
         let target = self.addr_path(addr);
         let linked = match fs::hard_link(&tmp, &target) {
             Ok(()) => Ok(true),
@@ -215,7 +218,7 @@ impl Locked<'_> {
     /// Moves the round-robin cursor of range set `set` (not fsynced: it is only a hint).
     pub(crate) fn set_last_reserved(&self, set: usize, addr: IpAddr) -> Result<()> {
         let name = format!("{LAST_RESERVED_PREFIX}{set}");
-        self.replace(&name, addr.to_string().as_bytes(), false)
+        self.replace(&name, addr.to_string().as_bytes())
     }
 
     /// Reads a private (netd-only) file; `None` when it does not exist.
@@ -228,9 +231,9 @@ impl Locked<'_> {
         }
     }
 
-    /// Atomically replaces a private file with `content` (fsynced before the rename).
+    /// Atomically replaces a private file with `content`.
     pub(crate) fn write_private(&self, name: &str, content: &[u8]) -> Result<()> {
-        self.replace(name, content, true)
+        self.replace(name, content)
     }
 
     /// Removes a private file; a missing one is not an error.
@@ -239,17 +242,9 @@ impl Locked<'_> {
         not_found_is_ok(fs::remove_file(&path)).map_err(|e| IpamError::io(path, e))
     }
 
-    /// Makes the directory's entries (links, unlinks, renames) durable.
-    pub(crate) fn sync_dir(&self) -> Result<()> {
-        let dir = &self.store.dir;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| IpamError::io(dir, e))
-    }
-
-    fn replace(&self, name: &str, content: &[u8], durable: bool) -> Result<()> {
+    fn replace(&self, name: &str, content: &[u8]) -> Result<()> {
         let tmp = self.path(&format!("{TEMP_PREFIX}{name}"));
-        self.write_temp(&tmp, content, durable)?;
+        self.write_temp(&tmp, content)?;
         let path = self.path(name);
         fs::rename(&tmp, &path).map_err(|e| {
             let _ = fs::remove_file(&tmp);
@@ -259,20 +254,14 @@ impl Locked<'_> {
 
     /// Writes a fresh temp file. A leftover of the same name is unlinked first, never
     /// truncated: after a crash between `link` and `unlink` it is a reservation's other name.
-    fn write_temp(&self, tmp: &Path, content: &[u8], durable: bool) -> Result<()> {
+    fn write_temp(&self, tmp: &Path, content: &[u8]) -> Result<()> {
         not_found_is_ok(fs::remove_file(tmp)).map_err(|e| IpamError::io(tmp, e))?;
         let written = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(tmp)
-            .and_then(|mut f| {
-                f.write_all(content)?;
-                if durable {
-                    f.sync_all()?;
-                }
-                Ok(())
-            });
+            .and_then(|mut f| f.write_all(content));
         written.map_err(|e| {
             let _ = fs::remove_file(tmp);
             IpamError::io(tmp, e)

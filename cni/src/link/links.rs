@@ -235,17 +235,16 @@ impl Netlink {
     ) -> Result<(Link, bool), LinkError> {
         validate_name(name)?;
         let request = RouteNetlinkMessage::NewLink(bridge_request(name, mtu, vlan_filtering));
-        // Create, or find; the loop only repeats if the bridge is deleted between the two.
+        // Usually the bridge exists: look first. Creation racing with another plugin is
+        // settled by EEXIST (look again); the loop repeats only if the bridge also vanishes.
         for _ in 0..3 {
+            if let Some(existing) = self.get_link(0, Some(name))? {
+                let bridge = self.adopt_bridge(&existing, vlan_filtering)?;
+                return Ok((bridge, false));
+            }
             match self.exec(request.clone(), NLM_F_CREATE | NLM_F_EXCL) {
                 Ok(()) => return Ok((self.expect_link(name)?, true)),
-                Err(f) if f.errno() == Some(libc::EEXIST) => {
-                    if let Some(existing) = self.get_link(0, Some(name))? {
-                        return self
-                            .adopt_bridge(&existing, vlan_filtering)
-                            .map(|b| (b, false));
-                    }
-                }
+                Err(f) if f.errno() == Some(libc::EEXIST) => continue,
                 Err(f) => {
                     let with = if vlan_filtering {
                         " with VLAN filtering"
