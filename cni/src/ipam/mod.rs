@@ -176,11 +176,9 @@ impl Ipam {
             return Ok(());
         }
         let locked = self.store.lock()?;
-        let mut changed = false;
         for &addr in addrs {
             if locked.read_owner(addr)?.is_some_and(|o| owner.holds(&o)) {
                 locked.remove(addr)?;
-                changed = true;
             }
         }
         // Whatever of `addrs` the owner still names is either gone or someone else's now.
@@ -192,9 +190,7 @@ impl Ipam {
             .collect();
         if kept.len() != hint.len() {
             index::save(&locked, owner, &kept)?;
-            changed = true;
         }
-        if changed {}
         Ok(())
     }
 
