@@ -1,0 +1,1 @@
+//! netd daemon (being written).

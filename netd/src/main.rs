@@ -1,0 +1,2 @@
+//! `netd` (being written).
+fn main() {}
