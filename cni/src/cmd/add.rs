@@ -134,8 +134,8 @@ fn rollback(ctx: &Ctx, att: &Attachment, undo: &Undo) {
     }
     if let Some(index) = undo.bridge {
         let empty = Netlink::open()
-            .and_then(|mut nl| Ok(nl.links()?.iter().all(|l| l.master != Some(index))))
-            .unwrap_or(false);
+            .and_then(|mut nl| nl.ports(index))
+            .is_ok_and(|ports| ports.is_empty());
         if empty {
             if let Err(e) = Netlink::open().and_then(|mut nl| nl.delete_link(index)) {
                 eprintln!("netd-cni: rollback: cannot remove bridge: {e}");

@@ -139,11 +139,13 @@ impl Transport {
             }
             let mut rest: &[u8] = &self.rx;
             while !rest.is_empty() {
-                let (message, tail) = next_message(rest)?;
+                let (raw, tail) = split_message(rest)?;
                 rest = tail;
-                if message.header.sequence_number != seq {
+                if NetlinkBuffer::new(raw).sequence_number() != seq {
                     continue; // a late reply to an earlier request that failed half-way
                 }
+                let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw)
+                    .map_err(|e| Failure::Decode(e.to_string()))?;
                 interrupted |= message.header.flags & NLM_F_DUMP_INTR != 0;
                 let header_flags = message.header.flags;
                 match message.payload {
@@ -206,16 +208,14 @@ fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T
     }
 }
 
-/// Splits the first netlink message off `buf`.
-fn next_message(buf: &[u8]) -> Result<(NetlinkMessage<RouteNetlinkMessage>, &[u8]), Failure> {
+/// Splits the first netlink message (checked to be complete) off `buf`.
+fn split_message(buf: &[u8]) -> Result<(&[u8], &[u8]), Failure> {
     let len = NetlinkBuffer::new_checked(buf)
         .map_err(|e| Failure::Decode(e.to_string()))?
         .length() as usize;
-    // `new_checked` guarantees 16 <= len <= buf.len().
-    let message =
-        NetlinkMessage::deserialize(&buf[..len]).map_err(|e| Failure::Decode(e.to_string()))?;
+    // `new_checked` guarantees a full header and `len <= buf.len()`.
     let next = align4(len).min(buf.len());
-    Ok((message, &buf[next..]))
+    Ok((&buf[..len], &buf[next..]))
 }
 
 fn align4(len: usize) -> usize {
