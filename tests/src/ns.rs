@@ -77,8 +77,9 @@ impl Ns {
         let mut cmd = Command::new(program);
         let fd = self.file.as_raw_fd();
         // SAFETY: between fork and exec the child only calls setns(2), which is
-        // async-signal-safe; `fd` is open in the parent (so inherited by the child) until the
-        // command is spawned, because `self` outlives the borrow that built the command.
+        // async-signal-safe and touches no memory. `fd` stays open for as long as `self`
+        // lives; spawning after dropping the `Ns` would make setns fail (or enter whatever
+        // the number now names), which is a test bug, not memory unsafety.
         unsafe {
             cmd.pre_exec(move || enter(fd));
         }
@@ -178,7 +179,13 @@ impl Ns {
             .iter()
             .flat_map(|l| as_vec(l["addr_info"].clone()))
             .filter(|a| a["scope"].as_str() != Some("link"))
-            .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"].as_u64()?)))
+            .filter_map(|a| {
+                Some(format!(
+                    "{}/{}",
+                    a["local"].as_str()?,
+                    a["prefixlen"].as_u64()?
+                ))
+            })
             .collect()
     }
 

@@ -20,8 +20,7 @@ impl TempDir {
     pub fn new() -> TempDir {
         for _ in 0..100 {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path =
-                std::env::temp_dir().join(format!("netd-t-{}-{n}", std::process::id()));
+            let path = std::env::temp_dir().join(format!("netd-t-{}-{n}", std::process::id()));
             match std::fs::create_dir(&path) {
                 Ok(()) => return TempDir { path },
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
