@@ -96,8 +96,11 @@ impl Ctx {
         if !raw.is_object() {
             return Err(Error::Decode("expected a JSON object".into()));
         }
-        let conf: NetConf =
-            serde_json::from_value(raw.clone()).map_err(|e| Error::Decode(e.to_string()))?;
+        // Well-formed JSON with a wrong value is a configuration error, named by its path.
+        let conf: NetConf = serde_path_to_error::deserialize(&raw).map_err(|e| {
+            let path = e.path().to_string();
+            Error::Config(format!("{path}: {}", e.inner()))
+        })?;
         let version = Version::parse(&conf.cni_version)
             .filter(|v| v.is_supported())
             .ok_or_else(|| Error::IncompatibleVersion {
