@@ -13,5 +13,6 @@ pub mod ipam;
 pub mod link;
 pub mod nat;
 pub mod netns;
+pub mod report;
 pub mod spec;
 pub mod state;

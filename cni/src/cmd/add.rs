@@ -59,6 +59,12 @@ pub fn run(ctx: &Ctx) -> Result<Value, Error> {
     let mut undo = Undo::default();
     match attach(ctx, &netns, &mut att, &mut undo) {
         Ok(mut result) => {
+            crate::report::attached(
+                &crate::report::socket_path(),
+                &ctx.conf.name,
+                &att,
+                ctx.env.arg("NETD_SERVICE"),
+            );
             if let Some(mut prev) = prev {
                 prev.extend(result);
                 result = prev;

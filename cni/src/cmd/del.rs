@@ -60,7 +60,9 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
             att
         }
     };
-    teardown(ctx, &att, Scope::Everything)
+    teardown(ctx, &att, Scope::Everything)?;
+    crate::report::detached(&crate::report::socket_path(), container_id, ifname);
+    Ok(())
 }
 
 /// Removes everything the attachment holds: links, NAT elements, addresses, the record.

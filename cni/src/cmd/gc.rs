@@ -19,6 +19,11 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
     for att in ctx.dir.all()? {
         if !valid_set.contains(&att.owner()) {
             super::del::teardown(ctx, &att, super::del::Scope::Everything)?;
+            crate::report::detached(
+                &crate::report::socket_path(),
+                &att.container_id,
+                &att.ifname,
+            );
         }
     }
 
