@@ -1,1 +1,23 @@
-//! netd daemon (being written).
+//! netd: the node daemon and its CLI.
+//!
+//! - [`cli`]: the `netd` command line (one module per verb); [`client`]: the API client it uses.
+//! - [`daemon`]: `netd up` — startup, supervision, shutdown.
+//! - [`api`]: the HTTP/1.1 + JSON API on the unix socket.
+//! - [`registry`]: networks, services, endpoints, leases, attachments; snapshot, store, watch.
+//! - [`networks`]: network lifecycle with its CNI conflist ([`conflist`]).
+//!
+//! DNS (crate `netd-dns`), service VIPs (nf_tables), the etcd store and sidecars come in later
+//! steps; they plug into the registry's snapshot and watch feed.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod conflist;
+pub mod daemon;
+pub mod networks;
+pub mod registry;
+
+/// Logs one line to stderr (the daemon's log goes to the journal when run by systemd).
+pub fn log(msg: &str) {
+    eprintln!("netd: {msg}");
+}

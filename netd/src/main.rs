@@ -1,2 +1,5 @@
-//! `netd` (being written).
-fn main() {}
+//! The `netd` binary: everything is in the library's [`netd::cli`].
+
+fn main() -> std::process::ExitCode {
+    netd::cli::main()
+}

@@ -1,0 +1,62 @@
+//! `netd up`: runs the node daemon in the foreground.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use netd_config::netd::{DEFAULT_CNI_CONF_DIR, DEFAULT_DATA_DIR, DEFAULT_VIP_RANGE};
+
+use super::CliError;
+use crate::daemon::{self, DaemonOptions};
+
+/// Arguments of `netd up`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Runs until SIGTERM or ctrl-c, then finishes in-flight requests and exits. Creates the network
+`netd` (10.89.0.0/24 + fd00:89::/64, bridge netd0) on first start and writes
+<cni-conf-dir>/netd.conflist, so `podman run --network netd ...` works right away.
+
+Example systemd unit (/etc/systemd/system/netd.service):
+  [Service]
+  ExecStart=/usr/local/bin/netd up
+  Restart=on-failure
+  [Install]
+  WantedBy=multi-user.target")]
+pub struct Args {
+    /// Directory of the embedded store.
+    #[arg(long, default_value = DEFAULT_DATA_DIR, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Directory where network conflists are written.
+    #[arg(long, default_value = DEFAULT_CNI_CONF_DIR, value_name = "DIR")]
+    pub cni_conf_dir: PathBuf,
+    /// Range that service virtual IPs are allocated from.
+    #[arg(long, default_value = DEFAULT_VIP_RANGE, value_name = "CIDR")]
+    pub vip_range: IpNet,
+    /// Node name recorded on endpoints registered here (default: the host name).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub drain_timeout: u64,
+}
+
+/// Runs the daemon.
+pub async fn run(socket: &Path, args: Args) -> Result<(), CliError> {
+    if args.vip_range.trunc() != args.vip_range {
+        return Err(CliError::Usage(format!(
+            "--vip-range {} has host bits set (did you mean {}?)",
+            args.vip_range,
+            args.vip_range.trunc()
+        )));
+    }
+    daemon::run(DaemonOptions {
+        socket: socket.to_path_buf(),
+        data_dir: args.data_dir,
+        cni_conf_dir: args.cni_conf_dir,
+        vip_range: args.vip_range,
+        node: args.node,
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+    })
+    .await?;
+    Ok(())
+}

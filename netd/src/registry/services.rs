@@ -1,0 +1,163 @@
+//! Services and their endpoints: create/replace (VIP kept), delete (endpoints cascade),
+//! register and delete endpoints. Validation happens before the write lock is taken where it
+//! can, and against the locked snapshot where it depends on other records.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use netd_config::netd::{service_key, Deleted, Endpoint, EndpointSpec, Service, ServiceSpec};
+use netd_config::ConfigError;
+
+use super::model::{allocate_vip, Record, Snapshot};
+use super::{deleted, Registry, RegistryError};
+
+impl Registry {
+    /// Creates a service, or replaces the ports of an existing one (its VIP is kept). Returns
+    /// the stored service and whether it was created.
+    pub async fn put_service(
+        self: &Arc<Self>,
+        spec: ServiceSpec,
+    ) -> Result<(Arc<Service>, bool), RegistryError> {
+        spec.validate()?;
+        let mut tx = self.begin().await;
+        let key = service_key(&spec.namespace, &spec.name);
+        let existing = tx.snapshot().services.get(&key).cloned();
+        let vip = match &existing {
+            Some(s) => s.vip,
+            None => self.allocate_vip(tx.snapshot(), &key, &HashSet::new())?,
+        };
+        if let Some(s) = &existing {
+            if s.ports == spec.ports {
+                return Ok((s.clone(), false));
+            }
+        }
+        tx.put(Record::Service(Arc::new(Service {
+            name: spec.name,
+            namespace: spec.namespace,
+            ports: spec.ports,
+            vip,
+            revision: 0,
+        })));
+        let done = tx.commit().await?;
+        let stored = done
+            .snapshot
+            .services
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| RegistryError::Internal(format!("service {key} vanished")))?;
+        Ok((stored, existing.is_none()))
+    }
+
+    pub(super) fn allocate_vip(
+        &self,
+        snap: &Snapshot,
+        key: &str,
+        also_taken: &HashSet<IpAddr>,
+    ) -> Result<IpAddr, RegistryError> {
+        let taken: HashSet<IpAddr> = snap.services.values().map(|s| s.vip).collect();
+        allocate_vip(&self.config.vip_range, key, &|ip| {
+            taken.contains(ip) || also_taken.contains(ip)
+        })
+        .ok_or(RegistryError::VipRangeFull {
+            range: self.config.vip_range,
+        })
+    }
+
+    /// Deletes a service and all its endpoints.
+    pub async fn delete_service(
+        self: &Arc<Self>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Deleted, RegistryError> {
+        let key = service_key(namespace, name);
+        let mut tx = self.begin().await;
+        let Some(svc) = tx.snapshot().services.get(&key).cloned() else {
+            return Err(RegistryError::not_found(format!(
+                "service {key} does not exist"
+            )));
+        };
+        let eps: Vec<_> = tx.snapshot().endpoints_of(&key).cloned().collect();
+        for e in eps {
+            tx.delete(Record::Endpoint(e));
+        }
+        tx.delete(Record::Service(svc));
+        let done = tx.commit().await?;
+        Ok(deleted("service", key, done.revision, true))
+    }
+
+    /// Registers (or replaces) an endpoint of an existing service.
+    pub async fn register_endpoint(
+        self: &Arc<Self>,
+        namespace: &str,
+        service: &str,
+        spec: EndpointSpec,
+    ) -> Result<Arc<Endpoint>, RegistryError> {
+        let id = spec.validate()?;
+        let skey = service_key(namespace, service);
+        let mut tx = self.begin().await;
+        if !tx.snapshot().services.contains_key(&skey) {
+            return Err(RegistryError::not_found(format!(
+                "service {skey} does not exist: create it first (POST /v1/services or `netd expose`)"
+            )));
+        }
+        if let Some(lease) = spec.lease {
+            if !tx.snapshot().leases.contains_key(&lease) {
+                return Err(ConfigError::new(
+                    "lease",
+                    format!("lease {lease} does not exist (expired or revoked): grant a new one"),
+                )
+                .into());
+            }
+        }
+        let ep = Endpoint {
+            id: id.clone(),
+            service: service.to_string(),
+            namespace: namespace.to_string(),
+            address: spec.address,
+            port: spec.port,
+            node: spec.node.unwrap_or_else(|| self.config.node.clone()),
+            container_id: spec.container_id,
+            health: spec.health,
+            weight: spec.weight,
+            labels: spec.labels,
+            lease: spec.lease,
+            revision: 0,
+        };
+        let key = ep.key();
+        tx.put(Record::Endpoint(Arc::new(ep)));
+        let done = tx.commit().await?;
+        done.snapshot
+            .endpoints
+            .get(&skey)
+            .and_then(|m| m.get(&id))
+            .cloned()
+            .ok_or_else(|| RegistryError::Internal(format!("endpoint {key} vanished")))
+    }
+
+    /// Deletes one endpoint.
+    pub async fn delete_endpoint(
+        self: &Arc<Self>,
+        namespace: &str,
+        service: &str,
+        id: &str,
+    ) -> Result<Deleted, RegistryError> {
+        let skey = service_key(namespace, service);
+        let mut tx = self.begin().await;
+        let Some(ep) = tx
+            .snapshot()
+            .endpoints
+            .get(&skey)
+            .and_then(|m| m.get(id))
+            .cloned()
+        else {
+            return Err(RegistryError::not_found(format!(
+                "endpoint {id} of service {skey} does not exist"
+            )));
+        };
+        let key = ep.key();
+        tx.delete(Record::Endpoint(ep));
+        let done = tx.commit().await?;
+        Ok(deleted("endpoint", key, done.revision, true))
+    }
+}
