@@ -13,7 +13,7 @@ inside throwaway network namespaces. Run as root.
 
 options:
   --sizes A,B,C      attached-container counts to measure at   (default 1,250,1000)
-  --window N         ADDs (then DELs) measured at each size     (default 30)
+  --window N         ADDs (then DELs) measured at each size     (default 20)
   --quick            small smoke run: sizes 1,50, window 5, short datapath runs
   --json PATH        also write the results as JSON to PATH
   --netd PATH        netd-cni binary (default: next to this binary, then target/release)
@@ -22,7 +22,12 @@ options:
   --conns N          concurrent connections of the load generator (default 8)
   --duration SECS    measured seconds per datapath run          (default 3)
   --no-datapath      skip the datapath measurements
+  --no-ipv6          disable IPv6 in every benchmark namespace (as Docker does for IPv4-only
+                     networks): removes the kernel's per-port IPv6 multicast flood
 ";
+
+/// Containers one tool may use in total (its /20 subnet holds 4093).
+pub const MAX_CONTAINERS: usize = 4000;
 
 /// Which side of the comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,13 +71,15 @@ pub struct Options {
     pub duration: Duration,
     /// Whether to run the datapath measurements.
     pub datapath: bool,
+    /// Whether the benchmark's namespaces keep IPv6 enabled (the kernel default).
+    pub ipv6: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             sizes: vec![1, 250, 1000],
-            window: 30,
+            window: 20,
             quick: false,
             json: None,
             netd: None,
@@ -81,6 +88,7 @@ impl Default for Options {
             conns: 8,
             duration: Duration::from_secs(3),
             datapath: true,
+            ipv6: true,
         }
     }
 }
@@ -120,8 +128,23 @@ impl Options {
                     o.duration = Duration::from_secs_f64(secs);
                 }
                 "--no-datapath" => o.datapath = false,
+                "--no-ipv6" => o.ipv6 = false,
                 other => return Err(format!("unknown option {other:?}")),
             }
+        }
+        if o.max_size() >= crate::attach::BRIDGE_MAX_PORTS {
+            return Err(format!(
+                "--sizes: at most {} (a Linux bridge holds {} ports, one is needed for the window)",
+                crate::attach::BRIDGE_MAX_PORTS - 1,
+                crate::attach::BRIDGE_MAX_PORTS
+            ));
+        }
+        if o.containers_per_tool() > MAX_CONTAINERS {
+            return Err(format!(
+                "--sizes/--window: {} containers per tool is more than the {MAX_CONTAINERS} \
+                 the benchmark's subnets and host ports allow",
+                o.containers_per_tool()
+            ));
         }
         Ok(o)
     }
@@ -184,7 +207,7 @@ mod tests {
     fn defaults_and_overrides() {
         let o = parse("").unwrap();
         assert_eq!(o.sizes, vec![1, 250, 1000]);
-        assert_eq!(o.containers_per_tool(), 1000 + 3 * 30);
+        assert_eq!(o.containers_per_tool(), 1000 + 3 * 20);
         let o = parse("--window 7 --quick --sizes 10,2,10").unwrap();
         assert!(o.quick);
         assert_eq!((o.sizes.clone(), o.window), (vec![2, 10], 7));
@@ -192,5 +215,7 @@ mod tests {
         assert!(parse("--bogus").is_err());
         assert!(parse("--json").is_err());
         assert_eq!(parse("--tools ref").unwrap().tools, vec![Tool::Reference]);
+        assert!(parse("--sizes 1,2,3,1000 --window 1000").is_err());
+        assert!(parse("--sizes 1023").is_err());
     }
 }

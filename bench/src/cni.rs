@@ -115,7 +115,8 @@ impl ConfList {
         };
         conf.insert("name".into(), json!(self.name));
         conf.insert("cniVersion".into(), json!(self.cni_version));
-        let declares = |cap: &str| conf.get("capabilities").and_then(|c| c.get(cap)) == Some(&json!(true));
+        let declares =
+            |cap: &str| conf.get("capabilities").and_then(|c| c.get(cap)) == Some(&json!(true));
         if declares("portMappings") {
             let rc = json!({"portMappings": [{
                 "hostPort": c.host_port, "containerPort": CONTAINER_PORT, "protocol": "tcp"
@@ -146,7 +147,10 @@ pub fn exec(
     };
     let mut child = Command::new(binary)
         .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", &c.id)
         .env("CNI_NETNS", &c.netns)
@@ -175,9 +179,12 @@ pub fn exec(
     if stdout.trim().is_empty() {
         return Ok(None);
     }
-    serde_json::from_str(&stdout)
-        .map(Some)
-        .map_err(|e| fail("exit 0".into(), format!("unparsable result ({e}): {stdout}")))
+    serde_json::from_str(&stdout).map(Some).map_err(|e| {
+        fail(
+            "exit 0".into(),
+            format!("unparsable result ({e}): {stdout}"),
+        )
+    })
 }
 
 /// `CNI_COMMAND=VERSION` answer of a plugin, to fail early with a clear message.
@@ -187,14 +194,19 @@ pub fn version(binary: &Path, cni_version: &str) -> Result<Value, PluginError> {
         netns: PathBuf::new(),
         host_port: 0,
     };
-    exec(binary, "VERSION", &probe, "", &json!({ "cniVersion": cni_version }))?.ok_or_else(|| {
-        PluginError {
-            plugin: plugin_name(binary),
-            command: "VERSION".into(),
-            container: String::new(),
-            status: "exit 0".into(),
-            output: "printed nothing".into(),
-        }
+    exec(
+        binary,
+        "VERSION",
+        &probe,
+        "",
+        &json!({ "cniVersion": cni_version }),
+    )?
+    .ok_or_else(|| PluginError {
+        plugin: plugin_name(binary),
+        command: "VERSION".into(),
+        container: String::new(),
+        status: "exit 0".into(),
+        output: "printed nothing".into(),
     })
 }
 
@@ -249,8 +261,12 @@ mod tests {
 
     #[test]
     fn address_from_result() {
-        let r = json!({"ips": [{"address": "10.201.0.5/20", "gateway": "10.201.0.1", "interface": 2}]});
+        let r =
+            json!({"ips": [{"address": "10.201.0.5/20", "gateway": "10.201.0.1", "interface": 2}]});
         let (ip, gw) = ipv4_and_gateway(&r).unwrap();
-        assert_eq!((ip.to_string(), gw.to_string()), ("10.201.0.5".into(), "10.201.0.1".into()));
+        assert_eq!(
+            (ip.to_string(), gw.to_string()),
+            ("10.201.0.5".into(), "10.201.0.1".into())
+        );
     }
 }

@@ -1,1 +1,29 @@
-//! Benchmarks (being written).
+//! `netd-bench`: side-by-side benchmarks of netd against the tools users would otherwise pick.
+//!
+//! The `cni` benchmark compares `netd-cni` with the reference chain bridge + host-local +
+//! portmap (containernetworking-plugins), invoked directly as a runtime would, inside throwaway
+//! network namespaces. Modules, in the order a run uses them:
+//!
+//! - [`cli`] — options.
+//! - [`guard`] — Ctrl-C, watchdog and panic-hook cleanup.
+//! - [`scratch`] — the run's temp directory (namespace mounts and plugin state).
+//! - [`netns`] — creating and entering network namespaces.
+//! - [`cni`] — invoking plugins and configuration lists.
+//! - [`tools`] — the two tools' configurations and NAT counting.
+//! - [`attach`] — the fill / window scenario (ADD and DEL latency).
+//! - [`datapath`] — request/response server and load generator.
+//! - [`runner`] — one tool's run, from namespaces to teardown.
+//! - [`report`] — the table and the JSON document.
+//! - [`stats`] — percentiles.
+
+pub mod attach;
+pub mod cli;
+pub mod cni;
+pub mod datapath;
+pub mod guard;
+pub mod netns;
+pub mod report;
+pub mod runner;
+pub mod scratch;
+pub mod stats;
+pub mod tools;

@@ -68,7 +68,7 @@ impl NetNs {
 ///
 /// The calling thread is left inside the new namespace: call it only from throwaway threads
 /// (as [`create_many`] does).
-fn create_on_this_thread(path: &Path) -> io::Result<()> {
+fn create_on_this_thread(path: &Path, ipv6: bool) -> io::Result<()> {
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -76,6 +76,9 @@ fn create_on_this_thread(path: &Path) -> io::Result<()> {
     // SAFETY: unshare only changes the calling thread's network namespace; see the doc above.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         return Err(io::Error::last_os_error());
+    }
+    if !ipv6 {
+        disable_ipv6()?;
     }
     let src = c"/proc/thread-self/ns/net";
     let dst = cpath(path)?;
@@ -98,10 +101,21 @@ fn create_on_this_thread(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Creates one namespace per path, spread over `workers` threads.
+/// Turns IPv6 off for every interface the calling thread's namespace has or will have.
+///
+/// `/proc/sys/net` resolves to the namespace of the thread that opens it.
+fn disable_ipv6() -> io::Result<()> {
+    for which in ["all", "default"] {
+        std::fs::write(format!("/proc/sys/net/ipv6/conf/{which}/disable_ipv6"), "1")?;
+    }
+    Ok(())
+}
+
+/// Creates one namespace per path, spread over `workers` threads; with `ipv6` false, IPv6 is
+/// disabled in each before anything is created in it.
 ///
 /// On error some namespaces may exist already: the caller's scratch cleanup removes them.
-pub fn create_many(paths: &[PathBuf], workers: usize) -> io::Result<()> {
+pub fn create_many(paths: &[PathBuf], workers: usize, ipv6: bool) -> io::Result<()> {
     let chunk = paths.len().div_ceil(workers.max(1)).max(1);
     std::thread::scope(|s| {
         let handles: Vec<_> = paths
@@ -112,7 +126,7 @@ pub fn create_many(paths: &[PathBuf], workers: usize) -> io::Result<()> {
                         if crate::guard::interrupted() {
                             return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
                         }
-                        create_on_this_thread(p).map_err(|e| {
+                        create_on_this_thread(p, ipv6).map_err(|e| {
                             io::Error::new(e.kind(), format!("creating netns {}: {e}", p.display()))
                         })?;
                     }

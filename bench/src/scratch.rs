@@ -50,6 +50,15 @@ impl Scratch {
         Ok(dir)
     }
 
+    /// Copies an executable into `bin/` (same file name) and returns the copy's path.
+    pub fn snapshot_binary(&self, src: &Path) -> io::Result<PathBuf> {
+        let dir = self.root.join("bin");
+        std::fs::create_dir_all(&dir)?;
+        let dst = dir.join(src.file_name().unwrap_or(src.as_os_str()));
+        std::fs::copy(src, &dst)?;
+        Ok(dst)
+    }
+
     /// Removes the namespaces whose names start with `prefix` (host namespace first, so the
     /// bridge and host veth ends go with it) and the tool's state directory.
     pub fn remove_tool(&self, prefix: &str) {

@@ -102,7 +102,10 @@ pub fn find_netd(explicit: Option<&Path>) -> Result<PathBuf, String> {
             .map_err(|e| format!("--netd {}: {e}", p.display()));
     }
     let mut candidates = Vec::new();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         candidates.push(dir.join("netd-cni"));
     }
     candidates.push(PathBuf::from("target/release/netd-cni"));
