@@ -32,6 +32,9 @@ pub enum Error {
     /// CHECK found the attachment different from its result.
     #[error("check failed: {0}")]
     CheckFailed(String),
+    /// A kernel or pool limit is reached; removing containers frees room.
+    #[error("{0}")]
+    Capacity(String),
     /// The plugin cannot add containers right now (STATUS).
     #[error("{0}")]
     Unavailable(String),
@@ -83,6 +86,7 @@ impl Error {
             Error::UnknownContainer(_) => code::UNKNOWN_CONTAINER,
             Error::CheckFailed(_) => code::IO_FAILURE,
             Error::Unavailable(_) => code::PLUGIN_NOT_AVAILABLE,
+            Error::Capacity(_) => code::TRY_AGAIN_LATER,
             Error::Ipam(e) => match e {
                 IpamError::Exhausted { .. } => code::TRY_AGAIN_LATER,
                 e if e.is_invalid_request() => code::INVALID_CONFIG,

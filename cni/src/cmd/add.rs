@@ -53,8 +53,6 @@ pub fn run(ctx: &Ctx) -> Result<Value, Error> {
         names: names(ctx),
         ..Attachment::default()
     };
-    ctx.dir.save(&att)?;
-    trace.mark("intent");
 
     let mut undo = Undo::default();
     match attach(ctx, &netns, &mut att, &mut undo) {
@@ -93,24 +91,29 @@ fn attach(
 ) -> Result<CniResult, Error> {
     let conf = &ctx.conf;
     let mut trace = Trace::start();
+    // Addresses first: a plugin killed before the record below leaves only a reservation
+    // under this owner, which DEL and GC release by owner.
     let mut result = allocate(ctx, att)?;
     att.ips = result.ips.iter().map(|ip| ip.address).collect();
+    let mac = attachment_mac(ctx, &att.container_id, &att.ifname)?;
+    att.mac = Some(format_mac(mac));
+    if ctx.needs_nat() {
+        att.ports = port_maps(conf, &att.addrs());
+    }
+    // The record of everything about to be created, written before any of it is.
     ctx.dir.save(att)?;
-    trace.mark("ipam");
+    trace.mark("ipam+record");
 
     let mut host = Netlink::open()?;
     let bridge = setup_bridge(ctx, &mut host, &result, undo)?;
     trace.mark("bridge");
-    let veth = create_veth(ctx, &mut host, netns, att)?;
+    let veth = create_veth(&mut host, netns, att, mac, conf.mtu)?;
     setup_host_port(ctx, &mut host, &bridge, &veth)?;
     trace.mark("veth");
     let container = setup_container(ctx, netns, &att.ifname, &mut result)?;
-    att.mac = container.mac.map(format_mac);
     trace.mark("container");
 
     if ctx.needs_nat() {
-        att.ports = port_maps(conf, &att.addrs());
-        ctx.dir.save(att)?;
         let net = ctx.network_spec(&att.ips);
         Nft::open()?.add_attachment(&net, &att.nat_spec())?;
         trace.mark("nat");
@@ -256,15 +259,14 @@ fn is_link_local(ip: IpAddr) -> bool {
 }
 
 fn create_veth(
-    ctx: &Ctx,
     host: &mut Netlink,
     netns: &NetNs,
     att: &Attachment,
+    mac: [u8; 6],
+    mtu: Option<u32>,
 ) -> Result<Link, Error> {
-    let mac = mac_request(ctx)?;
-    let create = |host: &mut Netlink| {
-        host.create_veth(&att.host_veth, &att.ifname, netns, ctx.conf.mtu, mac)
-    };
+    let create =
+        |host: &mut Netlink| host.create_veth(&att.host_veth, &att.ifname, netns, mtu, Some(mac));
     match create(host) {
         Err(LinkError::Exists { .. }) => {
             // A host end left by a crashed ADD of this same attachment (the name is ours).
@@ -285,6 +287,14 @@ fn explain_veth_error(e: LinkError, att: &Attachment) -> Error {
     e.into()
 }
 
+/// The container interface's MAC: the one the runtime asked for, else a derived one.
+pub fn attachment_mac(ctx: &Ctx, container_id: &str, ifname: &str) -> Result<[u8; 6], Error> {
+    Ok(match mac_request(ctx)? {
+        Some(mac) => mac,
+        None => derived_mac(&ctx.conf.name, container_id, ifname),
+    })
+}
+
 fn mac_request(ctx: &Ctx) -> Result<Option<[u8; 6]>, Error> {
     let raw = ctx
         .conf
@@ -301,7 +311,21 @@ fn mac_request(ctx: &Ctx) -> Result<Option<[u8; 6]>, Error> {
 
 fn setup_host_port(ctx: &Ctx, host: &mut Netlink, bridge: &Link, veth: &Link) -> Result<(), Error> {
     let conf = &ctx.conf;
-    host.set_master(veth.index, bridge.index)?;
+    // A bridge port needs no IPv6 of its own: no link-local address, no MLD or DAD traffic.
+    let key = format!("net/ipv6/conf/{}/disable_ipv6", veth.name);
+    link::set_sysctl(&key, "1")
+        .or_else(ignore_missing_ipv6)
+        .map_err(|e| Error::io(format!("cannot set {key}"), e))?;
+    host.set_master(veth.index, bridge.index).map_err(|e| {
+        if e.errno() == Some(libc::EXFULL) {
+            Error::Capacity(format!(
+                "bridge {} has reached the kernel's limit of 1023 ports: remove containers or spread them over more networks",
+                bridge.name
+            ))
+        } else {
+            e.into()
+        }
+    })?;
     if conf.hairpin_mode || conf.port_isolation {
         host.set_bridge_port(veth.index, conf.hairpin_mode, conf.port_isolation)?;
     }
@@ -328,6 +352,21 @@ fn setup_container(
             what: format!("{ifname} in {}", netns.path().display()),
         })
     })?;
+    let has_v6 = result.ips.iter().any(|ip| ip.address.addr().is_ipv6());
+    if !has_v6 || !ctx.conf.enabledad {
+        // No IPv6 on an IPv4-only attachment (no link-local address, no multicast chatter
+        // flooded to every port); otherwise no DAD unless asked for.
+        let (key, value) = if has_v6 {
+            (format!("net/ipv6/conf/{ifname}/accept_dad"), "0")
+        } else {
+            (format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")
+        };
+        netns
+            .run(|| link::set_sysctl(&key, value))
+            .and_then(|r| r)
+            .or_else(ignore_missing_ipv6)
+            .map_err(|e| Error::io(format!("cannot set {key} in the container"), e))?;
+    }
     for ip in &result.ips {
         nl.add_address(link.index, ip.address, !ctx.conf.enabledad)?;
     }
@@ -394,4 +433,32 @@ fn prev_result(ctx: &Ctx) -> Result<Option<CniResult>, Error> {
         .as_ref()
         .map(|v| CniResult::from_json(v).map_err(|e| Error::Decode(format!("prevResult: {e}"))))
         .transpose()
+}
+
+/// A kernel without IPv6 has no `net/ipv6` sysctls, and nothing to turn off.
+fn ignore_missing_ipv6(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// A stable, locally administered unicast MAC for an attachment: known before the veth exists
+/// (so the record holds it), and the same again when the same container is re-attached.
+fn derived_mac(network: &str, container_id: &str, ifname: &str) -> [u8; 6] {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in "mac"
+        .bytes()
+        .chain(network.bytes())
+        .chain([0])
+        .chain(container_id.bytes())
+        .chain([0])
+        .chain(ifname.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    let b = h.to_be_bytes();
+    [(b[2] & 0xfe) | 0x02, b[3], b[4], b[5], b[6], b[7]]
 }

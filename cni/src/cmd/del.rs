@@ -4,16 +4,17 @@
 //!
 //! The same teardown undoes a failed ADD and an attachment GC found stale.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::Ctx;
+use super::{Ctx, Trace};
 use crate::delegate;
 use crate::env::Env;
 use crate::error::Error;
 use crate::link::Netlink;
-use crate::nat::{NatError, Nft};
+use crate::nat::{NatError, Nft, PortMap};
 use crate::netns::NetNs;
 use crate::state::{host_veth_name, Attachment};
 
@@ -57,6 +58,15 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
                     .map(ipnet::IpNet::from)
                     .collect();
             }
+            if ctx.needs_nat() {
+                att.ports = find_port_maps(&att.addrs())?;
+                att.macspoofchk = ctx.conf.macspoofchk;
+                att.mac = Some(super::add::format_mac(super::add::attachment_mac(
+                    ctx,
+                    container_id,
+                    ifname,
+                )?));
+            }
             att
         }
     };
@@ -65,12 +75,23 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
     Ok(())
 }
 
-/// Removes everything the attachment holds: links, NAT elements, addresses, the record.
+/// Removes everything the attachment holds: NAT elements, links, addresses, the record.
+///
+/// NAT goes first and its socket stays open until the end: the kernel finishes freeing the
+/// removed elements (an RCU grace period) while the veth is being unregistered (another), so
+/// the two waits overlap instead of adding up when the socket is closed.
 pub fn teardown(ctx: &Ctx, att: &Attachment, scope: Scope) -> Result<(), Error> {
+    let mut trace = Trace::start();
+    let nft = remove_nat(att)?;
+    trace.mark("nat");
     remove_links(att, scope)?;
-    remove_nat(att)?;
+    trace.mark("links");
     release_addresses(ctx, att)?;
-    ctx.dir.remove(&att.container_id, &att.ifname)
+    trace.mark("ipam");
+    ctx.dir.remove(&att.container_id, &att.ifname)?;
+    drop(nft);
+    trace.mark("record+close");
+    Ok(())
 }
 
 fn remove_links(att: &Attachment, scope: Scope) -> Result<(), Error> {
@@ -93,27 +114,35 @@ fn remove_links(att: &Attachment, scope: Scope) -> Result<(), Error> {
     Ok(())
 }
 
-fn remove_nat(att: &Attachment) -> Result<(), Error> {
-    let addrs = att.addrs();
-    let mut spec = att.nat_spec();
+fn remove_nat(att: &Attachment) -> Result<Option<Nft>, Error> {
+    let spec = att.nat_spec();
+    if spec.ports.is_empty() && spec.mac.is_none() {
+        return Ok(None);
+    }
     let mut nft = match Nft::open() {
         Ok(nft) => nft,
         // Without nf_tables there can be no rules of ours to remove.
-        Err(NatError::Unavailable { .. }) => return Ok(()),
+        Err(NatError::Unavailable { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    if spec.ports.is_empty() && !addrs.is_empty() {
-        // No record of the ports (a record-less DEL): find them by container address.
-        spec.ports = nft
+    nft.del_attachment(&spec)?;
+    Ok(Some(nft))
+}
+
+/// The port mappings that point at `addrs` (for a DEL that has no record to read them from).
+fn find_port_maps(addrs: &[IpAddr]) -> Result<Vec<PortMap>, Error> {
+    if addrs.is_empty() {
+        return Ok(Vec::new());
+    }
+    match Nft::open() {
+        Ok(mut nft) => Ok(nft
             .port_mappings()?
             .into_iter()
             .filter(|p| addrs.contains(&p.container_ip))
-            .collect();
+            .collect()),
+        Err(NatError::Unavailable { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
     }
-    if spec.ports.is_empty() && spec.mac.is_none() {
-        return Ok(());
-    }
-    Ok(nft.del_attachment(&spec)?)
 }
 
 fn release_addresses(ctx: &Ctx, att: &Attachment) -> Result<(), Error> {
