@@ -191,6 +191,24 @@ pub struct RuntimeConfig {
     /// DNS names of the container on this network (kept for netd).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Traffic shaping of the container's interface.
+    #[serde(default)]
+    pub bandwidth: Option<BandwidthLimits>,
+}
+
+/// The `bandwidth` capability: rates in bits per second, bursts in bits; 0 means unlimited.
+/// Ingress is traffic to the container, egress traffic from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BandwidthLimits {
+    /// Rate of traffic to the container.
+    pub ingress_rate: u64,
+    /// Burst of traffic to the container.
+    pub ingress_burst: u64,
+    /// Rate of traffic from the container.
+    pub egress_rate: u64,
+    /// Burst of traffic from the container.
+    pub egress_burst: u64,
 }
 
 /// Transport protocol of a port mapping.
@@ -296,6 +314,7 @@ impl NetConf {
             "ips" => !self.runtime_config.ips.is_empty(),
             "mac" => self.runtime_config.mac.is_some(),
             "aliases" => !self.runtime_config.aliases.is_empty(),
+            "bandwidth" => self.runtime_config.bandwidth.is_some(),
             _ => false,
         }
     }

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::{port_maps, requested_ips, Ctx, Trace};
 use crate::delegate;
 use crate::error::Error;
-use crate::link::{self, Link, LinkError, Netlink, RouteEntry};
+use crate::link::{self, Bandwidth, Link, LinkError, Netlink, RouteEntry};
 use crate::nat::Nft;
 use crate::netns::NetNs;
 use crate::spec::{CniResult, Interface, IpConfig};
@@ -34,6 +34,7 @@ pub fn run(ctx: &Ctx) -> Result<Value, Error> {
         ))
     })?;
     let prev = prev_result(ctx)?;
+    let shaping = bandwidth(ctx)?;
     let mut trace = Trace::start();
     let _lock = ctx.dir.lock()?;
     trace.mark("lock");
@@ -55,7 +56,7 @@ pub fn run(ctx: &Ctx) -> Result<Value, Error> {
     };
 
     let mut undo = Undo::default();
-    match attach(ctx, &netns, &mut att, &mut undo) {
+    match attach(ctx, &netns, &mut att, shaping.as_ref(), &mut undo) {
         Ok(mut result) => {
             crate::report::attached(
                 &crate::report::socket_path(),
@@ -87,6 +88,7 @@ fn attach(
     ctx: &Ctx,
     netns: &NetNs,
     att: &mut Attachment,
+    shaping: Option<&Bandwidth>,
     undo: &mut Undo,
 ) -> Result<CniResult, Error> {
     let conf = &ctx.conf;
@@ -109,6 +111,9 @@ fn attach(
     trace.mark("bridge");
     let veth = create_veth(&mut host, netns, att, mac, conf.mtu)?;
     setup_host_port(ctx, &mut host, &bridge, &veth)?;
+    if let Some(bw) = shaping {
+        host.set_bandwidth(veth.index, &veth.name, bw)?;
+    }
     trace.mark("veth");
     let container = setup_container(ctx, netns, &att.ifname, &mut result)?;
     trace.mark("container");
@@ -285,6 +290,27 @@ fn explain_veth_error(e: LinkError, att: &Attachment) -> Error {
         ));
     }
     e.into()
+}
+
+/// The `bandwidth` capability, checked before anything is created; `None` when unshaped.
+fn bandwidth(ctx: &Ctx) -> Result<Option<Bandwidth>, Error> {
+    let Some(limits) = ctx
+        .conf
+        .runtime_config
+        .bandwidth
+        .filter(|_| ctx.conf.has_capability("bandwidth"))
+    else {
+        return Ok(None);
+    };
+    let bw = Bandwidth {
+        ingress_rate: limits.ingress_rate,
+        ingress_burst: limits.ingress_burst,
+        egress_rate: limits.egress_rate,
+        egress_burst: limits.egress_burst,
+    };
+    bw.validate()
+        .map_err(|e| Error::Config(format!("runtimeConfig.{e}")))?;
+    Ok((!bw.is_unlimited()).then_some(bw))
 }
 
 /// The container interface's MAC: the one the runtime asked for, else a derived one.

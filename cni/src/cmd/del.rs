@@ -95,8 +95,11 @@ pub fn teardown(ctx: &Ctx, att: &Attachment, scope: Scope) -> Result<(), Error> 
 }
 
 fn remove_links(att: &Attachment, scope: Scope) -> Result<(), Error> {
-    // Deleting the host end takes the container end with it.
-    if Netlink::open()?.delete_link_by_name(&att.host_veth)? || scope == Scope::OwnedOnly {
+    let mut host = Netlink::open()?;
+    // Deleting the host end takes the container end with it; a shaping ifb stays on its own.
+    let deleted = host.delete_link_by_name(&att.host_veth)?;
+    host.clear_bandwidth(&att.host_veth)?;
+    if deleted || scope == Scope::OwnedOnly {
         return Ok(());
     }
     if att.netns.is_empty() {

@@ -1,5 +1,5 @@
 //! rtnetlink operations for the plugin: links (bridge, veth), bridge ports and VLANs,
-//! addresses, routes, and sysctls.
+//! addresses, routes, sysctls, and traffic shaping (the `bandwidth` capability).
 //!
 //! The plugin is a short-lived process, so this layer is synchronous: one blocking
 //! `NETLINK_ROUTE` socket per namespace, each call one request answered by the kernel's ack (or
@@ -11,7 +11,7 @@
 //!
 //! Layout: `socket` (transport: acks, dumps, kernel error text), `links` (get, create, set,
 //! delete), `bridge` (port flags and VLANs over `AF_BRIDGE`), `addr`, `route`, `sysctl`,
-//! `error`.
+//! `tc` (TBF, ifb and redirect for `bandwidth`), `error`.
 
 mod addr;
 mod bridge;
@@ -20,6 +20,9 @@ mod links;
 mod route;
 mod socket;
 mod sysctl;
+mod tc;
+#[cfg(test)]
+mod tc_tests;
 #[cfg(test)]
 mod tests;
 
@@ -31,6 +34,7 @@ pub use error::LinkError;
 pub use links::Link;
 pub use route::RouteEntry;
 pub use sysctl::{get_sysctl, set_sysctl};
+pub use tc::{ifb_name, Bandwidth};
 
 use crate::netns::NetNs;
 use socket::{Failure, Transport};
