@@ -224,7 +224,8 @@ fn split<'a>(fields: &[Field], mut bytes: &'a [u8]) -> Option<Vec<&'a [u8]>> {
     Some(out)
 }
 
-fn ip_from(b: &[u8]) -> Option<IpAddr> {
+/// An address from its 4 or 16 network-order bytes.
+pub(super) fn ip_from(b: &[u8]) -> Option<IpAddr> {
     match b.len() {
         4 => <[u8; 4]>::try_from(b)
             .ok()

@@ -6,9 +6,30 @@
 //! ADD that fails half-way leaves nothing behind, and the cost of an ADD or of a packet does
 //! not grow with the number of containers. Nothing here executes `nft`.
 //!
+//! **Published ports never overlap.** Per address family and protocol, a port published on
+//! every host address (`any(P)`, map `ports4any`/`ports6any`, key `proto . port`) conflicts
+//! with the same port published on any address, and with every `specific(X, P)` (map
+//! `ports4`/`ports6`, key `addr . proto . port`); a `specific(X, P)` conflicts with the same
+//! `specific(X, P)` and with `any(P)`. Same-map conflicts are the kernel's `NLM_F_EXCL`;
+//! cross-map ones are checked by reading the maps, which is made race-free across processes
+//! (which may hold different network locks) by optimistic concurrency: `add_attachment` reads
+//! the ruleset generation (`NFT_MSG_GETGEN`), checks, and sends its batch with that
+//! generation (`NFNL_BATCH_GENID`); if anything committed in between, the kernel refuses the
+//! batch (`ERESTART`) and the whole read-check-write is retried, a bounded number of times.
+//! The check for `specific(X, P)` is one targeted lookup in the `any` map; the check for
+//! `any(P)` lists the family's `specific` map, which holds only host-IP-bound mappings (rare:
+//! most ports are published on every address), so the common ADD stays flat.
+//!
+//! **Connection tracking follows the maps.** Removing a mapping deletes the conntrack entries
+//! of the flows it translated, and adding a UDP mapping deletes the entries of flows already
+//! sent to that host port, so long-lived UDP flows reach the current container (see
+//! `conntrack`). This is best effort: without conntrack there is nothing to delete, and a
+//! failure is logged on stderr, never failing the ADD or DEL.
+//!
 //! What this module does not do: sysctls (`net.ipv4.ip_forward`, `route_localnet` on the
 //! bridge for published ports reached through `127.0.0.1`), links or addresses.
 
+mod conntrack;
 mod elements;
 mod expr;
 mod nfnl;
@@ -17,14 +38,21 @@ mod ruleset;
 mod tests;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use netd_config::cni::Protocol;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 
+use conntrack::Stale;
 use elements::{Elem, Item};
 use nfnl::{msg, Batch, Outcome};
-use ruleset::{Family, TABLE};
+use ruleset::{Family, SetDef, TABLE};
+
+/// How many times `add_attachment` re-reads and retries when another process commits to the
+/// ruleset between its check and its batch. Each round, at least one of the contenders
+/// commits, so this covers that many truly simultaneous ADDs of ports in one namespace.
+const GENERATION_ATTEMPTS: u32 = 64;
 
 /// A network as the firewall sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,10 +97,13 @@ pub struct AttachmentSpec {
 /// Errors of nf_tables operations.
 #[derive(Debug, thiserror::Error)]
 pub enum NatError {
-    /// The host port is already mapped (same protocol and host IP key) by another attachment.
+    /// The host port overlaps a published one: the same port and protocol on the same host
+    /// address, or on every address of the family on either side. The fields describe the
+    /// conflicting (already published) mapping.
     #[error(
-        "port {host_port}/{protocol} on {} is already published",
-        host_label(host_ip)
+        "port {host_port}/{protocol} on {} is already published{}",
+        host_label(host_ip, target),
+        target.map(|t| format!(" (to {t})")).unwrap_or_default()
     )]
     PortInUse {
         /// Protocol of the port.
@@ -81,6 +112,9 @@ pub enum NatError {
         host_ip: Option<IpAddr>,
         /// The host port.
         host_port: u16,
+        /// Where the conflicting mapping sends the port (container address and port), when
+        /// known; `None` when the request lists the port twice itself.
+        target: Option<SocketAddr>,
     },
     /// The kernel rejected an operation.
     #[error("nf_tables: {op} failed: {}", std::io::Error::from_raw_os_error(*errno))]
@@ -112,8 +146,37 @@ pub enum NatError {
     },
 }
 
-fn host_label(ip: &Option<IpAddr>) -> String {
-    ip.map_or_else(|| "0.0.0.0".to_owned(), |ip| ip.to_string())
+fn host_label(ip: &Option<IpAddr>, target: &Option<SocketAddr>) -> String {
+    match (ip, target) {
+        (Some(ip), _) => ip.to_string(),
+        (None, Some(t)) if t.is_ipv6() => "::".to_owned(),
+        (None, _) => "0.0.0.0".to_owned(),
+    }
+}
+
+impl PortMap {
+    /// The conflict error naming this (published) mapping.
+    fn in_use(&self) -> NatError {
+        NatError::PortInUse {
+            protocol: self.protocol,
+            host_ip: self.host_ip.filter(|ip| !ip.is_unspecified()),
+            host_port: self.host_port,
+            target: Some(SocketAddr::new(self.container_ip, self.container_port)),
+        }
+    }
+
+    /// Published on every host address of its family.
+    fn is_any(&self) -> bool {
+        self.host_ip.is_none_or(|ip| ip.is_unspecified())
+    }
+
+    /// Whether publishing both would overlap (see the module documentation).
+    fn overlaps(&self, other: &PortMap) -> bool {
+        self.protocol == other.protocol
+            && self.host_port == other.host_port
+            && self.container_ip.is_ipv4() == other.container_ip.is_ipv4()
+            && (self.is_any() || other.is_any() || self.host_ip == other.host_ip)
+    }
 }
 
 impl NatError {
@@ -145,6 +208,12 @@ pub struct Nft {
     sock: nfnl::Socket,
     /// The kernel accepts `NFT_MSG_DESTROYSETELEM` (>= 6.3); cleared on the first rejection.
     destroy_supported: bool,
+    /// Tests: runs once between the overlap check and the batch of `add_attachment`.
+    #[cfg(test)]
+    before_commit: Option<Box<dyn FnOnce() + Send>>,
+    /// Tests: how many batches the kernel refused for a moved generation.
+    #[cfg(test)]
+    restarts: u32,
 }
 
 impl Nft {
@@ -160,13 +229,21 @@ impl Nft {
         Ok(Nft {
             sock,
             destroy_supported: true,
+            #[cfg(test)]
+            before_commit: None,
+            #[cfg(test)]
+            restarts: 0,
         })
     }
 
     /// One atomic batch: creates the `netd` tables if missing (race-safe across processes),
-    /// adds the network's elements (idempotent) and the attachment's. A host port already
-    /// mapped (same protocol and host IP key) fails the whole batch with `PortInUse` and
-    /// changes nothing.
+    /// adds the network's elements (idempotent) and the attachment's. A host port that overlaps
+    /// a published one (see the module documentation) fails the whole batch with `PortInUse`,
+    /// naming the published mapping, and changes nothing. With ports, the check and the batch
+    /// are tied to the ruleset generation and retried when another process commits in between;
+    /// a ruleset that keeps changing fails with `EAGAIN` after `GENERATION_ATTEMPTS` rounds.
+    /// Then, for UDP ports, the conntrack entries of flows already sent to them are deleted
+    /// (best effort) so that those flows are translated afresh.
     pub fn add_attachment(
         &mut self,
         net: &NetworkSpec,
@@ -174,31 +251,74 @@ impl Nft {
     ) -> Result<(), NatError> {
         let mut items = elements::network_items(net)?;
         let att_items = elements::attachment_items(att)?;
-        reject_duplicate_ports(&att_items)?;
+        reject_overlaps(&att_items)?;
         items.extend(att_items);
-        self.ensure_table(Family::Inet)?;
-        if att.mac.is_some() {
-            self.ensure_table(Family::Bridge)?;
-        }
+        let ports: Vec<PortMap> = items.iter().filter_map(|i| i.port.clone()).collect();
         let groups = elements::groups(&items);
         let mut batch = Batch::default();
         for g in &groups {
             let flags = NLM_F_CREATE | if g[0].set.exclusive { NLM_F_EXCL } else { 0 };
             elements::push_elems(&mut batch, msg::NEWSETELEM, flags, "add", g);
         }
-        let out = self.send(&batch)?;
-        match out.first_error() {
-            None => Ok(()),
-            Some((Some(i), libc::EEXIST)) if groups[i][0].set.exclusive => {
-                Err(self.port_in_use(&groups[i]))
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.ensure_table(Family::Inet)?;
+            if att.mac.is_some() {
+                self.ensure_table(Family::Bridge)?;
             }
-            Some((i, errno)) => Err(NatError::kernel(op_name(&batch, i), errno, false)),
+            if !ports.is_empty() {
+                let genid = self.generation()?;
+                self.check_overlaps(&ports)?;
+                batch.require_generation(genid);
+            }
+            #[cfg(test)]
+            if let Some(hook) = self.before_commit.take() {
+                hook();
+            }
+            let out = self.send(&batch)?;
+            match out.first_error() {
+                None => break,
+                Some((None, libc::ERESTART)) if attempt < GENERATION_ATTEMPTS => {
+                    #[cfg(test)]
+                    {
+                        self.restarts += 1;
+                    }
+                    backoff(attempt);
+                }
+                Some((None, libc::ERESTART)) => {
+                    return Err(NatError::Kernel {
+                        op: format!(
+                            "publish ports (the ruleset changed during each of {attempt} attempts)"
+                        ),
+                        errno: libc::EAGAIN,
+                    })
+                }
+                Some((Some(i), libc::EEXIST)) if groups[i][0].set.exclusive => {
+                    return Err(self.port_in_use(&groups[i]))
+                }
+                Some((i, errno)) => return Err(NatError::kernel(op_name(&batch, i), errno, false)),
+            }
         }
+        let fresh_udp: Vec<Stale> = ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Udp)
+            .map(|p| Stale::ToHostPort {
+                proto: p.protocol.number(),
+                port: p.host_port,
+                host: p.host_ip.filter(|ip| !ip.is_unspecified()),
+                v6: p.container_ip.is_ipv6(),
+            })
+            .collect();
+        self.forget_flows(&fresh_udp, "after publishing");
+        Ok(())
     }
 
     /// Removes the attachment's elements. Succeeds when some or all are already gone, and
     /// when the tables do not exist. A host port now mapped to a different container address
-    /// is left alone.
+    /// is left alone. Then the conntrack entries of flows answered by the attachment's mapped
+    /// container ports are deleted (best effort), so the peers' next packets are translated
+    /// afresh instead of following the removed mappings.
     pub fn del_attachment(&mut self, att: &AttachmentSpec) -> Result<(), NatError> {
         let mut items = Vec::new();
         // What cannot be encoded was never added: nothing of it to delete.
@@ -213,7 +333,17 @@ impl Nft {
             }
         }
         items.extend(elements::mac_items(att).unwrap_or_default());
-        self.delete_items(items)
+        self.delete_items(items)?;
+        let answered: Vec<Stale> = att
+            .ports
+            .iter()
+            .map(|p| Stale::FromContainer {
+                proto: p.protocol.number(),
+                addr: SocketAddr::new(p.container_ip, p.container_port),
+            })
+            .collect();
+        self.forget_flows(&answered, "after unpublishing");
+        Ok(())
     }
 
     /// Fails with `Missing`, naming the first element absent (or mapping elsewhere), unless
@@ -271,6 +401,88 @@ impl Nft {
     #[cfg(test)]
     fn force_delsetelem(&mut self) {
         self.destroy_supported = false;
+    }
+
+    /// Test hook: `f` runs once, between the overlap check and the batch of the next
+    /// `add_attachment` (to line up concurrent ADDs deterministically).
+    #[cfg(test)]
+    fn before_commit(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.before_commit = Some(Box::new(f));
+    }
+
+    /// Deletes the conntrack entries that `stale` describes. Best effort: no conntrack means
+    /// nothing to delete, and a failure is reported on stderr only (the ports themselves are
+    /// already right; a stale flow ends when its peer pauses).
+    fn forget_flows(&mut self, stale: &[Stale], when: &str) {
+        if stale.is_empty() || !conntrack::available() {
+            return;
+        }
+        match conntrack::forget(&mut self.sock, stale) {
+            Ok(_) => {}
+            Err(libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::ENOENT) => {}
+            Err(errno) => eprintln!(
+                "netd-cni: cannot delete stale conntrack entries {when}: {}",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+        }
+    }
+
+    /// The ruleset generation (`NFTA_GEN_ID`), which every commit in the namespace moves.
+    fn generation(&mut self) -> Result<u32, NatError> {
+        let op = "read the ruleset generation";
+        let replies = self
+            .sock
+            .query(msg::GETGEN, 0, false, |_| {})
+            .map_err(|errno| NatError::kernel(op, errno, false))?;
+        replies
+            .iter()
+            .find_map(|r| nfnl::attr_be32(r, 1)) // NFTA_GEN_ID
+            .ok_or_else(|| NatError::Kernel {
+                op: op.to_owned(),
+                errno: libc::EIO,
+            })
+    }
+
+    /// Fails with `PortInUse` if a port overlaps one of the other map of its family: an
+    /// `any(P)` with a published `specific(X, P)` (listing the family's specific map once),
+    /// a `specific(X, P)` with a published `any(P)` (one lookup). Same-map overlaps are left
+    /// to `NLM_F_EXCL`.
+    fn check_overlaps(&mut self, ports: &[PortMap]) -> Result<(), NatError> {
+        let mut specific: [Option<Vec<PortMap>>; 2] = [None, None];
+        for p in ports {
+            let v6 = p.container_ip.is_ipv6();
+            if p.is_any() {
+                let set: &'static SetDef = if v6 {
+                    &ruleset::PORTS6
+                } else {
+                    &ruleset::PORTS4
+                };
+                let published = match &mut specific[usize::from(v6)] {
+                    Some(list) => list,
+                    slot => slot.insert(
+                        self.dump_set(set)?
+                            .iter()
+                            .filter_map(|e| elements::decode_port(set, e))
+                            .collect(),
+                    ),
+                };
+                if let Some(taken) = published.iter().find(|q| q.overlaps(p)) {
+                    return Err(taken.in_use());
+                }
+            } else {
+                let any = elements::port_item(&PortMap {
+                    host_ip: None,
+                    ..p.clone()
+                })?;
+                if let Some(taken) = self
+                    .get_elem(&any)?
+                    .and_then(|e| elements::decode_port(any.set, &e))
+                {
+                    return Err(taken.in_use());
+                }
+            }
+        }
+        Ok(())
     }
 
     fn send(&mut self, batch: &Batch) -> Result<Outcome, NatError> {
@@ -350,17 +562,23 @@ impl Nft {
         }
     }
 
-    /// Names the port that made an exclusive add fail: the first of `group` already mapped.
+    /// Names the published mapping that made an exclusive add fail: the first of `group`
+    /// whose key is taken.
     fn port_in_use(&mut self, group: &[&Item]) -> NatError {
-        let taken = group
-            .iter()
-            .find(|i| matches!(self.get_elem(i), Ok(Some(_))))
-            .or(group.first());
-        let p = taken.and_then(|i| i.port.as_ref());
+        for item in group {
+            if let Ok(Some(e)) = self.get_elem(item) {
+                if let Some(taken) = elements::decode_port(item.set, &e) {
+                    return taken.in_use();
+                }
+            }
+        }
+        // Gone again in the meantime: name the requested port.
+        let p = group.first().and_then(|i| i.port.as_ref());
         NatError::PortInUse {
             protocol: p.map_or(Protocol::Tcp, |p| p.protocol),
             host_ip: p.and_then(|p| p.host_ip),
             host_port: p.map_or(0, |p| p.host_port),
+            target: None,
         }
     }
 
@@ -421,21 +639,30 @@ fn op_name(batch: &Batch, i: Option<usize>) -> String {
     )
 }
 
-/// The same host port listed twice in one attachment would conflict with itself.
-fn reject_duplicate_ports(items: &[Item]) -> Result<(), NatError> {
-    for (n, a) in items.iter().enumerate() {
-        if let Some(p) = &a.port {
-            if items[..n]
-                .iter()
-                .any(|b| b.set == a.set && b.elems[0].key == a.elems[0].key)
-            {
-                return Err(NatError::PortInUse {
-                    protocol: p.protocol,
-                    host_ip: p.host_ip,
-                    host_port: p.host_port,
-                });
-            }
+/// A request that overlaps itself (the same host port twice, or on every address and on a
+/// specific one) would conflict with itself.
+fn reject_overlaps(items: &[Item]) -> Result<(), NatError> {
+    let ports: Vec<&PortMap> = items.iter().filter_map(|i| i.port.as_ref()).collect();
+    for (n, a) in ports.iter().enumerate() {
+        if let Some(b) = ports[..n].iter().find(|b| b.overlaps(a)) {
+            return Err(NatError::PortInUse {
+                protocol: b.protocol,
+                host_ip: b.host_ip.filter(|ip| !ip.is_unspecified()),
+                host_port: b.host_port,
+                target: None,
+            });
         }
     }
     Ok(())
+}
+
+/// Waits a little before retrying a batch refused for a moved generation: growing with the
+/// attempt, jittered so that contenders spread out.
+fn backoff(attempt: u32) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = (nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % 1000;
+    let micros = u64::from(attempt.min(10)) * u64::from(50 + jitter) / 2;
+    std::thread::sleep(Duration::from_micros(micros));
 }

@@ -5,6 +5,10 @@
 //! `ruleset`). Written from the kernel UAPI headers (`linux/netfilter/nfnetlink.h`,
 //! `nf_tables.h`) and the kernel's YNL spec `Documentation/netlink/specs/nftables.yaml`.
 //!
+//! Besides nf_tables (subsystem 10), the same socket speaks ctnetlink (subsystem 1,
+//! `linux/netfilter/nfnetlink_conntrack.h`) for `conntrack`: `ct_type` builds its message types
+//! and `request`/`dump` run its requests.
+//!
 //! Layout reminders: `nlmsghdr` fields are host order; every nf_tables message starts with an
 //! `nfgenmsg` (family, version 0, big-endian `res_id`); nf_tables integer attributes are
 //! big-endian; attributes are 4-byte aligned.
@@ -16,6 +20,12 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket as RawSocket, SocketAddr}
 
 /// nfnetlink subsystem id of nf_tables (`NFNL_SUBSYS_NFTABLES`).
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
+/// nfnetlink subsystem id of connection tracking (`NFNL_SUBSYS_CTNETLINK`).
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+/// `NFNL_BATCH_GENID`: the attribute of `BATCH_BEGIN` carrying the generation the batch was
+/// computed against (big-endian u32); the kernel refuses the batch with `ERESTART` when the
+/// ruleset has moved on since.
+const NFNL_BATCH_GENID: u16 = 1;
 /// Batch delimiters (`NFNL_MSG_BATCH_BEGIN` / `_END`, i.e. `NLMSG_MIN_TYPE` and the next).
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
@@ -46,6 +56,12 @@ pub(super) mod msg {
 pub(super) struct Attrs<'a>(&'a mut Vec<u8>);
 
 impl Attrs<'_> {
+    /// Writes attributes at the end of `buf` (tests build kernel-style replies with it).
+    #[cfg(test)]
+    pub fn new(buf: &mut Vec<u8>) -> Attrs<'_> {
+        Attrs(buf)
+    }
+
     /// A raw binary attribute.
     pub fn bytes(&mut self, ty: u16, val: &[u8]) -> &mut Self {
         self.header(ty, val.len());
@@ -64,6 +80,12 @@ impl Attrs<'_> {
     /// A big-endian u32 attribute (nf_tables' integer convention).
     pub fn be32(&mut self, ty: u16, val: u32) -> &mut Self {
         self.bytes(ty, &val.to_be_bytes())
+    }
+
+    /// Already encoded attributes (e.g. the content of a nest copied from a kernel reply).
+    pub fn raw(&mut self, encoded: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(encoded);
+        self.pad()
     }
 
     /// A nested attribute whose content `f` writes.
@@ -121,12 +143,18 @@ fn nft_type(m: u8) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | u16::from(m)
 }
 
+/// The netlink message type of ctnetlink message `m` (`IPCTNL_MSG_CT_*`).
+pub(super) fn ct_type(m: u8) -> u16 {
+    (NFNL_SUBSYS_CTNETLINK << 8) | u16::from(m)
+}
+
 /// The messages of one transaction, each with a human-readable name for error reports.
 #[derive(Default)]
 pub(super) struct Batch {
     buf: Vec<u8>,
     offsets: Vec<usize>,
     ops: Vec<String>,
+    genid: Option<u32>,
 }
 
 impl Batch {
@@ -160,6 +188,12 @@ impl Batch {
     /// The name given to message `i`.
     pub fn op(&self, i: usize) -> &str {
         &self.ops[i]
+    }
+
+    /// Makes the batch conditional: the kernel applies it only if the ruleset generation is
+    /// still `genid` (read with `GETGEN`), else refuses the whole batch with `ERESTART`.
+    pub fn require_generation(&mut self, genid: u32) {
+        self.genid = Some(genid);
     }
 }
 
@@ -282,7 +316,11 @@ impl Socket {
             begin,
             0,
             NFNL_SUBSYS_NFTABLES,
-            |_| {},
+            |a| {
+                if let Some(genid) = batch.genid {
+                    a.be32(NFNL_BATCH_GENID, genid);
+                }
+            },
         );
         let base = buf.len();
         buf.extend_from_slice(&batch.buf);
@@ -342,9 +380,9 @@ impl Socket {
         })
     }
 
-    /// Runs a get (`dump == false`) or dump request and returns the attribute payloads of the
-    /// replies (after `nfgenmsg`). `Err` carries the errno, `ENOENT` for a missing object.
-    /// A dump interrupted by a concurrent ruleset change is retried.
+    /// Runs an nf_tables get (`dump == false`) or dump request and returns the attribute
+    /// payloads of the replies (after `nfgenmsg`). `Err` carries the errno, `ENOENT` for a
+    /// missing object. A dump interrupted by a concurrent ruleset change is retried.
     pub fn query(
         &mut self,
         m: u8,
@@ -352,31 +390,59 @@ impl Socket {
         dump: bool,
         f: impl FnOnce(&mut Attrs<'_>),
     ) -> Replies {
-        let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
-        let mut req = Vec::new();
-        put_msg(&mut req, nft_type(m), flags, 0, family, 0, f);
+        let req = request_msg(nft_type(m), family, dump, f);
         let mut attempts = 0;
         loop {
-            let seq = self.take_seqs(1);
-            req[8..12].copy_from_slice(&seq.to_ne_bytes());
-            let (replies, interrupted) = self
-                .exchange(&req, seq)
-                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+            let mut replies = Vec::new();
+            let (res, interrupted) = self.exchange(&req, &mut |r| replies.push(r.to_vec()))?;
             attempts += 1;
             if !interrupted || attempts >= 5 {
-                return replies;
+                return res.map(|()| replies);
             }
         }
     }
 
-    /// Sends one request and reads replies until its acknowledgement, error, or end of dump;
-    /// also says whether a dump was interrupted by a ruleset change.
-    fn exchange(&mut self, req: &[u8], seq: u32) -> io::Result<(Replies, bool)> {
-        self.sock.send(req, 0)?;
-        let mut replies = Vec::new();
+    /// Runs a request of any subsystem (`ty` is the full message type) that expects an
+    /// acknowledgement and no data: `Err` carries the errno.
+    pub fn request(
+        &mut self,
+        ty: u16,
+        family: u8,
+        f: impl FnOnce(&mut Attrs<'_>),
+    ) -> Result<(), i32> {
+        let req = request_msg(ty, family, false, f);
+        self.exchange(&req, &mut |_| {})?.0
+    }
+
+    /// Runs a dump request of any subsystem, handing each reply's attributes (after `nfgenmsg`)
+    /// to `each` as it arrives, so a large dump is never held in memory.
+    pub fn dump(
+        &mut self,
+        ty: u16,
+        family: u8,
+        f: impl FnOnce(&mut Attrs<'_>),
+        each: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), i32> {
+        let req = request_msg(ty, family, true, f);
+        self.exchange(&req, each)?.0
+    }
+
+    /// Sends one request (with a fresh sequence number) and reads replies until its
+    /// acknowledgement, error, or end of dump; also says whether a dump was interrupted by a
+    /// ruleset change. The outer `Err` is a socket failure, the inner one the kernel's answer.
+    fn exchange(
+        &mut self,
+        req: &[u8],
+        each: &mut dyn FnMut(&[u8]),
+    ) -> Result<(Result<(), i32>, bool), i32> {
+        let mut req = req.to_vec();
+        let seq = self.take_seqs(1);
+        req[8..12].copy_from_slice(&seq.to_ne_bytes());
+        let io = |e: io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+        self.sock.send(&req, 0).map_err(io)?;
         let mut interrupted = false;
         loop {
-            let (data, _) = self.sock.recv_from_full()?;
+            let (data, _) = self.sock.recv_from_full().map_err(io)?;
             for m in nl_messages(&data).filter(|m| m.seq == seq) {
                 interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
                 match m.ty {
@@ -386,14 +452,22 @@ impl Socket {
                         } else {
                             0
                         };
-                        let res = if errno == 0 { Ok(replies) } else { Err(errno) };
+                        let res = if errno == 0 { Ok(()) } else { Err(errno) };
                         return Ok((res, interrupted));
                     }
-                    _ => replies.push(m.payload.get(NFGENMSG_LEN..).unwrap_or(&[]).to_vec()),
+                    _ => each(m.payload.get(NFGENMSG_LEN..).unwrap_or(&[])),
                 }
             }
         }
     }
+}
+
+/// A get (acknowledged) or dump request message; its sequence number is set when sent.
+fn request_msg(ty: u16, family: u8, dump: bool, f: impl FnOnce(&mut Attrs<'_>)) -> Vec<u8> {
+    let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+    let mut req = Vec::new();
+    put_msg(&mut req, ty, flags, 0, family, 0, f);
+    req
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! State is checked with `nft -j list ruleset` and, end to end, with TCP connections.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
@@ -258,14 +258,15 @@ fn a_published_port_cannot_be_published_again() {
             NatError::PortInUse {
                 host_port: 8080,
                 host_ip: None,
-                protocol: Protocol::Tcp
+                protocol: Protocol::Tcp,
+                target: Some(_),
             }
         ),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
-        "port 8080/tcp on 0.0.0.0 is already published"
+        "port 8080/tcp on 0.0.0.0 is already published (to 10.88.0.2:80)"
     );
     assert_eq!(err.errno(), Some(libc::EEXIST));
     // Nothing of the failed batch was applied, and the runtime's cleanup DEL of the failed
@@ -275,24 +276,25 @@ fn a_published_port_cannot_be_published_again() {
     nft.del_attachment(&second).expect("cleanup del");
     assert_eq!(nft.port_mappings().expect("list"), first.ports);
 
-    // Same port on a specific host IP, or over UDP, is a different key.
-    let specific = att(
-        "veth3",
-        vec![port(Some("192.0.2.1"), 8080, "10.88.0.4", 80)],
-    );
-    nft.add_attachment(&net(), &specific)
-        .expect("host-specific");
+    // The same port over UDP is another port; a host-specific port on a port free everywhere
+    // is fine, and conflicts with itself.
     let udp = PortMap {
         protocol: Protocol::Udp,
         ..port(None, 8080, "10.88.0.5", 80)
     };
     nft.add_attachment(&net(), &att("veth4", vec![udp]))
         .expect("udp");
+    let specific = att(
+        "veth3",
+        vec![port(Some("192.0.2.1"), 8081, "10.88.0.4", 80)],
+    );
+    nft.add_attachment(&net(), &specific)
+        .expect("host-specific");
     let err = nft.add_attachment(
         &net(),
         &att(
             "veth5",
-            vec![port(Some("192.0.2.1"), 8080, "10.88.0.6", 80)],
+            vec![port(Some("192.0.2.1"), 8081, "10.88.0.6", 80)],
         ),
     );
     assert!(
@@ -321,6 +323,239 @@ fn a_published_port_cannot_be_published_again() {
             ..
         })
     ));
+}
+
+/// `(host_ip, port, container address)` of a conflict, for short assertions.
+fn conflict(r: Result<(), NatError>) -> (Option<IpAddr>, u16, Option<SocketAddr>) {
+    match r {
+        Err(NatError::PortInUse {
+            host_ip,
+            host_port,
+            target,
+            ..
+        }) => (host_ip, host_port, target),
+        other => panic!("expected PortInUse, got {other:?}"),
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+fn sock(s: &str) -> Option<SocketAddr> {
+    Some(s.parse().expect("socket address"))
+}
+
+#[test]
+fn a_port_on_every_address_and_on_one_address_overlap_in_both_orders() {
+    for (host, ctr1, ctr2, ctr3) in [
+        ("192.0.2.1", "10.88.0.2", "10.88.0.3", "10.88.0.4"),
+        ("2001:db8::1", "fd88::2", "fd88::3", "fd88::4"),
+    ] {
+        let ns = TempNs::new();
+        let mut nft = ns.nft();
+        let target = |c: &str, p: u16| Some(SocketAddr::new(ip(c), p));
+
+        // any(8080) first: specific(X, 8080) is refused, naming the published mapping.
+        let any = att("veth1", vec![port(None, 8080, ctr1, 80)]);
+        nft.add_attachment(&net(), &any).expect("any");
+        let specific = att("veth2", vec![port(Some(host), 8080, ctr2, 80)]);
+        assert_eq!(
+            conflict(nft.add_attachment(&net(), &specific)),
+            (None, 8080, target(ctr1, 80))
+        );
+        let err = nft
+            .add_attachment(&net(), &specific)
+            .expect_err("refused")
+            .to_string();
+        let everywhere = if host.contains(':') { "::" } else { "0.0.0.0" };
+        assert_eq!(
+            err,
+            format!(
+                "port 8080/tcp on {everywhere} is already published (to {})",
+                SocketAddr::new(ip(ctr1), 80)
+            )
+        );
+        assert_eq!(nft.port_mappings().expect("list"), any.ports, "unchanged");
+        assert_eq!(ns.ruleset().elems("bridge", "checked"), [r#""veth1""#]);
+        // The runtime's cleanup DEL of the refused attachment leaves the owner alone.
+        nft.del_attachment(&specific).expect("cleanup del");
+        assert_eq!(nft.port_mappings().expect("list"), any.ports);
+
+        // specific(X, 9090) first: any(9090) is refused; specific(Y, 9090) is not.
+        nft.add_attachment(
+            &net(),
+            &att("veth3", vec![port(Some(host), 9090, ctr2, 90)]),
+        )
+        .expect("specific");
+        assert_eq!(
+            conflict(nft.add_attachment(&net(), &att("veth4", vec![port(None, 9090, ctr3, 90)]))),
+            (Some(ip(host)), 9090, target(ctr2, 90))
+        );
+        let other_host = if host.contains(':') {
+            "2001:db8::2"
+        } else {
+            "192.0.2.2"
+        };
+        nft.add_attachment(
+            &net(),
+            &att("veth5", vec![port(Some(other_host), 9090, ctr3, 90)]),
+        )
+        .expect("another host address");
+        // The same port over the other protocol does not overlap.
+        let udp = PortMap {
+            protocol: Protocol::Udp,
+            ..port(None, 9090, ctr3, 90)
+        };
+        nft.add_attachment(&net(), &att("veth6", vec![udp]))
+            .expect("udp");
+
+        // Once the any(8080) owner is gone, specific(X, 8080) goes through.
+        nft.del_attachment(&any).expect("del any");
+        nft.add_attachment(&net(), &specific)
+            .expect("specific after the any is gone");
+
+        // Within one request.
+        let both = att(
+            "veth7",
+            vec![port(Some(host), 7070, ctr3, 70), port(None, 7070, ctr3, 71)],
+        );
+        assert_eq!(
+            conflict(nft.add_attachment(&net(), &both)),
+            (Some(ip(host)), 7070, None)
+        );
+    }
+}
+
+#[test]
+fn address_families_do_not_overlap() {
+    let ns = TempNs::new();
+    let mut nft = ns.nft();
+    nft.add_attachment(
+        &net(),
+        &att(
+            "veth1",
+            vec![
+                port(None, 8080, "10.88.0.2", 80),
+                port(Some("2001:db8::1"), 9090, "fd88::2", 90),
+            ],
+        ),
+    )
+    .expect("v4 any, v6 specific");
+    nft.add_attachment(
+        &net(),
+        &att(
+            "veth2",
+            vec![
+                port(None, 8080, "fd88::3", 80),
+                port(Some("192.0.2.1"), 8081, "10.88.0.3", 80),
+                port(None, 9090, "10.88.0.3", 90),
+            ],
+        ),
+    )
+    .expect("v6 any beside v4 any, v4 any beside v6 specific");
+    assert_eq!(
+        conflict(nft.add_attachment(
+            &net(),
+            &att(
+                "veth3",
+                vec![port(Some("192.0.2.1"), 8080, "10.88.0.4", 80)]
+            )
+        )),
+        (None, 8080, sock("10.88.0.2:80"))
+    );
+    assert_eq!(
+        conflict(nft.add_attachment(&net(), &att("veth3", vec![port(None, 9090, "fd88::4", 90)]))),
+        (Some(ip("2001:db8::1")), 9090, sock("[fd88::2]:90"))
+    );
+}
+
+/// Two networks (so two processes would hold different locks) publish the same port, one on
+/// every address and one on a specific address, at the same time: exactly one wins. The first
+/// round lines both up after their checks and before their batches, which only the generation
+/// check can resolve; the next rounds race freely.
+#[test]
+fn concurrent_overlapping_publications_let_exactly_one_win() {
+    let ns = TempNs::new();
+    let nets = [
+        net(),
+        NetworkSpec {
+            bridge: "netdbr1".into(),
+            subnets: vec![
+                "10.89.0.0/16".parse().expect("cidr"),
+                "fd89::/64".parse().expect("cidr"),
+            ],
+            ..net()
+        },
+    ];
+    let mut nft = ns.nft();
+    for n in &nets {
+        nft.add_attachment(n, &AttachmentSpec::default())
+            .expect("bootstrap");
+    }
+    let cases = [
+        ("192.0.2.1", "10.88.0.2", "10.89.0.2"),
+        ("2001:db8::1", "fd88::2", "fd89::2"),
+    ];
+    for round in 0..12u16 {
+        let (host, c1, c2) = cases[usize::from(round % 2)];
+        let p = 10000 + round;
+        let specs = [
+            att("veth1", vec![port(None, p, c1, 80)]),
+            att("veth2", vec![port(Some(host), p, c2, 80)]),
+        ];
+        let mut handles = [ns.nft(), ns.nft()];
+        if round < 2 {
+            let lined_up = std::sync::Arc::new(Barrier::new(2));
+            for h in &mut handles {
+                let lined_up = lined_up.clone();
+                h.before_commit(move || {
+                    lined_up.wait();
+                });
+            }
+        }
+        let start = Barrier::new(2);
+        let results: Vec<(Result<(), NatError>, u32)> = std::thread::scope(|s| {
+            let threads: Vec<_> = handles
+                .into_iter()
+                .zip(nets.iter().zip(&specs))
+                .map(|(mut h, (n, a))| {
+                    let start = &start;
+                    s.spawn(move || {
+                        start.wait();
+                        (h.add_attachment(n, a), h.restarts)
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("thread"))
+                .collect()
+        });
+        let restarts: u32 = results.iter().map(|(_, n)| n).sum();
+        let results: Vec<Result<(), NatError>> = results.into_iter().map(|(r, _)| r).collect();
+        if round < 2 {
+            assert!(
+                restarts >= 1,
+                "round {round}: the loser's batch was refused and retried"
+            );
+        }
+        let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(won.len(), 1, "round {round}: {results:?}");
+        assert!(
+            results.iter().any(
+                |r| matches!(r, Err(NatError::PortInUse { host_port, .. }) if *host_port == p)
+            ),
+            "round {round}: the loser is told the port is in use: {results:?}"
+        );
+        let published: Vec<_> = nft
+            .port_mappings()
+            .expect("list")
+            .into_iter()
+            .filter(|m| m.host_port == p)
+            .collect();
+        assert_eq!(published.len(), 1, "round {round}: {published:?}");
+    }
 }
 
 #[test]
@@ -599,4 +834,170 @@ fn published_port_reaches_the_container() {
         host.run(|| connect("10.99.0.1:18080")).is_err(),
         "unpublished port is closed"
     );
+}
+
+/// A host namespace and a container namespace joined by a veth pair (`vh` on the host,
+/// 10.99.0.1/24 and fd99::1/64; `vc` in the container, 10.99.0.2 and fd99::2), with the
+/// netd tables for that network.
+fn host_and_container() -> (TempNs, TempNs, NetworkSpec) {
+    let host = TempNs::new();
+    let ctr = TempNs::new();
+    host.exec(&[
+        "ip", "link", "add", "vh", "type", "veth", "peer", "name", "vc", "netns", &ctr.name,
+    ]);
+    host.exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", "vh"]);
+    host.exec(&["ip", "addr", "add", "fd99::1/64", "dev", "vh", "nodad"]);
+    host.exec(&["ip", "link", "set", "vh", "up"]);
+    ctr.exec(&["ip", "addr", "add", "10.99.0.2/24", "dev", "vc"]);
+    ctr.exec(&["ip", "addr", "add", "fd99::2/64", "dev", "vc", "nodad"]);
+    ctr.exec(&["ip", "link", "set", "vc", "up"]);
+    let net = NetworkSpec {
+        bridge: "vh".into(),
+        subnets: vec![
+            "10.99.0.0/24".parse().expect("cidr"),
+            "fd99::/64".parse().expect("cidr"),
+        ],
+        masquerade: true,
+        isolate: false,
+    };
+    (host, ctr, net)
+}
+
+fn udp(host_port: u16, container: &str, container_port: u16) -> PortMap {
+    PortMap {
+        protocol: Protocol::Udp,
+        ..port(None, host_port, container, container_port)
+    }
+}
+
+/// Sends one datagram from `from` to `to` inside `ns` (a flow conntrack remembers).
+fn send_udp(ns: &TempNs, from: &str, to: &str) {
+    let to: SocketAddr = to.parse().expect("socket address");
+    let socket = ns
+        .run(|| UdpSocket::bind(from))
+        .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    socket.send_to(b"ping", to).expect("send");
+}
+
+/// The conntrack entries of `v6` flows from source port `sport` to destination port `dport`.
+fn flows(nft: &mut Nft, v6: bool, sport: u16, dport: u16) -> Vec<conntrack::Flow> {
+    conntrack::dump(&mut nft.sock, v6)
+        .expect("conntrack dump")
+        .into_iter()
+        .filter(|f| {
+            f.orig.proto == 17 && f.orig.sport == Some(sport) && f.orig.dport == Some(dport)
+        })
+        .collect()
+}
+
+/// `IPS_DST_NAT`.
+const DNATED: u32 = 1 << 5;
+
+#[test]
+fn removing_a_udp_mapping_forgets_its_flows() {
+    let (host, _ctr, net) = host_and_container();
+    let mut nft = host.nft();
+    for (v6, me, ctr_ip) in [
+        (false, "10.99.0.1", "10.99.0.2"),
+        (true, "[fd99::1]", "fd99::2"),
+    ] {
+        let a = AttachmentSpec {
+            host_veth: "vh".into(),
+            mac: None,
+            ports: vec![udp(18053, ctr_ip, 5353)],
+        };
+        nft.add_attachment(&net, &a).expect("add");
+        // A flow through the mapping (host to its own address, DNATed in the output hook),
+        // and one straight to the container that no mapping is involved in.
+        send_udp(&host, &format!("{me}:40053"), &format!("{me}:18053"));
+        let ctr_sock = if v6 {
+            format!("[{ctr_ip}]")
+        } else {
+            ctr_ip.to_owned()
+        };
+        send_udp(&host, &format!("{me}:40054"), &format!("{ctr_sock}:7777"));
+        let mapped = flows(&mut nft, v6, 40053, 18053);
+        assert_eq!(mapped.len(), 1, "v6 {v6}: {mapped:?}");
+        assert_eq!(
+            (mapped[0].reply.src, mapped[0].reply.sport),
+            (ip(ctr_ip), Some(5353)),
+            "translated to the container"
+        );
+        assert_ne!(mapped[0].status & DNATED, 0);
+        assert_eq!(flows(&mut nft, v6, 40054, 7777).len(), 1);
+
+        nft.del_attachment(&a).expect("del");
+        assert!(
+            flows(&mut nft, v6, 40053, 18053).is_empty(),
+            "v6 {v6}: the mapped flow is forgotten"
+        );
+        assert_eq!(
+            flows(&mut nft, v6, 40054, 7777).len(),
+            1,
+            "v6 {v6}: the unrelated flow stays"
+        );
+        // Nothing left to forget: a second DEL is fine.
+        nft.del_attachment(&a).expect("del again");
+    }
+}
+
+#[test]
+fn publishing_a_udp_port_forgets_flows_already_sent_to_it() {
+    let (host, _ctr, net) = host_and_container();
+    let mut nft = host.nft();
+    // The tables (and so conntrack) exist before the flows.
+    nft.add_attachment(&net, &AttachmentSpec::default())
+        .expect("bootstrap");
+    for (v6, me, ctr_ip) in [
+        (false, "10.99.0.1", "10.99.0.2"),
+        (true, "[fd99::1]", "fd99::2"),
+    ] {
+        // Sent before the port is published: tracked untranslated, and it would stay so.
+        send_udp(&host, &format!("{me}:40055"), &format!("{me}:18054"));
+        send_udp(&host, &format!("{me}:40056"), &format!("{me}:18055"));
+        let before = flows(&mut nft, v6, 40055, 18054);
+        assert_eq!(before.len(), 1, "v6 {v6}: {before:?}");
+        assert_eq!(before[0].status & DNATED, 0);
+
+        let a = AttachmentSpec {
+            host_veth: "vh".into(),
+            mac: None,
+            ports: vec![udp(18054, ctr_ip, 5353)],
+        };
+        nft.add_attachment(&net, &a).expect("add");
+        assert!(
+            flows(&mut nft, v6, 40055, 18054).is_empty(),
+            "v6 {v6}: the untranslated flow is forgotten"
+        );
+        assert_eq!(
+            flows(&mut nft, v6, 40056, 18055).len(),
+            1,
+            "v6 {v6}: a flow to another port stays"
+        );
+        // The next datagram of the same flow is translated.
+        send_udp(&host, &format!("{me}:40055"), &format!("{me}:18054"));
+        let after = flows(&mut nft, v6, 40055, 18054);
+        assert_eq!(after.len(), 1);
+        assert_ne!(after[0].status & DNATED, 0, "v6 {v6}: {after:?}");
+        nft.del_attachment(&a).expect("del");
+    }
+}
+
+#[test]
+fn forgetting_flows_in_a_namespace_without_any_is_a_no_op() {
+    let ns = TempNs::new();
+    let mut nft = ns.nft();
+    let stale = [
+        conntrack::Stale::FromContainer {
+            proto: 17,
+            addr: "10.88.0.2:53".parse().expect("socket address"),
+        },
+        conntrack::Stale::ToHostPort {
+            proto: 17,
+            port: 53,
+            host: None,
+            v6: true,
+        },
+    ];
+    assert_eq!(conntrack::forget(&mut nft.sock, &stale), Ok(0));
 }
