@@ -221,14 +221,22 @@ pub struct ServiceSpec {
     pub namespace: String,
     /// At least one port.
     pub ports: Vec<ServicePort>,
+    /// Active health check of the service's endpoints; none: endpoints stay `unknown`
+    /// (balanced to). Replacing a service replaces its check too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
 }
 
 impl ServiceSpec {
-    /// Checks names and ports.
+    /// Checks names, ports and the health check.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_dns_label("name", &self.name)?;
         validate_dns_label("namespace", &self.namespace)?;
-        validate_ports(&self.ports)
+        validate_ports(&self.ports)?;
+        if let Some(hc) = &self.health_check {
+            hc.validate("health_check")?;
+        }
+        Ok(())
     }
 }
 
@@ -271,6 +279,9 @@ pub struct Service {
     /// Virtual IP, allocated once and kept for the life of the service (and, because it is
     /// derived from the name, usually the same after the service is deleted and re-created).
     pub vip: IpAddr,
+    /// Active health check of its endpoints, with defaults filled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
     /// Revision of the last change to this object.
     #[serde(default)]
     pub revision: u64,
@@ -298,9 +309,234 @@ fn default_namespace() -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Health checks
+
+/// Default time between two probes of one endpoint, in milliseconds.
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 2_000;
+/// Default time one probe may take, in milliseconds.
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 1_000;
+/// Default consecutive failures that make an endpoint unhealthy.
+pub const DEFAULT_UNHEALTHY_AFTER: u32 = 3;
+/// Default consecutive successes that make an endpoint healthy.
+pub const DEFAULT_HEALTHY_AFTER: u32 = 2;
+/// Default request path of HTTP checks.
+pub const DEFAULT_HEALTH_PATH: &str = "/";
+/// Shortest probe interval accepted, in milliseconds.
+pub const MIN_HEALTH_INTERVAL_MS: u64 = 100;
+/// Longest probe interval accepted, in milliseconds (one hour).
+pub const MAX_HEALTH_INTERVAL_MS: u64 = 3_600_000;
+/// Shortest probe timeout accepted, in milliseconds.
+pub const MIN_HEALTH_TIMEOUT_MS: u64 = 10;
+/// Largest `healthy_after` / `unhealthy_after` accepted.
+pub const MAX_HEALTH_THRESHOLD: u32 = 100;
+/// Longest HTTP check path accepted, in bytes.
+pub const MAX_HEALTH_PATH_LEN: usize = 1024;
+
+/// How an endpoint is probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    /// A TCP connect to `address:port` succeeds.
+    Tcp,
+    /// `GET <path>` over HTTP/1.1 answers 2xx or 3xx.
+    Http,
+}
+
+impl fmt::Display for HealthCheckKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HealthCheckKind::Tcp => "tcp",
+            HealthCheckKind::Http => "http",
+        })
+    }
+}
+
+/// Active health check of a service's endpoints.
+///
+/// An endpoint turns `unhealthy` after `unhealthy_after` consecutive failed probes and
+/// `healthy` after `healthy_after` consecutive successful ones; in between it keeps its
+/// health, so a single lost probe does not flap it. A probe that does not finish within
+/// `timeout_ms` fails.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// `tcp` or `http`.
+    pub kind: HealthCheckKind,
+    /// Request path of `http` checks (default `/`); `tcp` checks have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Time between two probes of one endpoint, in milliseconds (default 2000).
+    #[serde(default = "default_health_interval_ms")]
+    pub interval_ms: u64,
+    /// Time one probe may take, in milliseconds (default 1000, at most `interval_ms`).
+    #[serde(default = "default_health_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive failures that make an endpoint unhealthy (default 3).
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: u32,
+    /// Consecutive successes that make an endpoint healthy (default 2).
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: u32,
+}
+
+fn default_health_interval_ms() -> u64 {
+    DEFAULT_HEALTH_INTERVAL_MS
+}
+
+fn default_health_timeout_ms() -> u64 {
+    DEFAULT_HEALTH_TIMEOUT_MS
+}
+
+fn default_unhealthy_after() -> u32 {
+    DEFAULT_UNHEALTHY_AFTER
+}
+
+fn default_healthy_after() -> u32 {
+    DEFAULT_HEALTHY_AFTER
+}
+
+impl HealthCheck {
+    /// A check of `kind` with every default (`http` checks get path `/`).
+    pub fn new(kind: HealthCheckKind) -> Self {
+        Self {
+            kind,
+            path: (kind == HealthCheckKind::Http).then(|| DEFAULT_HEALTH_PATH.to_string()),
+            interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
+            timeout_ms: DEFAULT_HEALTH_TIMEOUT_MS,
+            unhealthy_after: DEFAULT_UNHEALTHY_AFTER,
+            healthy_after: DEFAULT_HEALTHY_AFTER,
+        }
+    }
+
+    /// Checks the values; `field` is the path of the check in the request (`health_check`).
+    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        if let Some(p) = &self.path {
+            let f = format!("{field}.path");
+            if self.kind != HealthCheckKind::Http {
+                return Err(ConfigError::new(
+                    f,
+                    format!("only http checks have a path (this one is {})", self.kind),
+                ));
+            }
+            validate_http_path(&f, p)?;
+        }
+        if !(MIN_HEALTH_INTERVAL_MS..=MAX_HEALTH_INTERVAL_MS).contains(&self.interval_ms) {
+            return Err(ConfigError::new(
+                format!("{field}.interval_ms"),
+                format!(
+                    "{} is out of range {MIN_HEALTH_INTERVAL_MS}-{MAX_HEALTH_INTERVAL_MS}",
+                    self.interval_ms
+                ),
+            ));
+        }
+        if self.timeout_ms < MIN_HEALTH_TIMEOUT_MS {
+            return Err(ConfigError::new(
+                format!("{field}.timeout_ms"),
+                format!(
+                    "{} is below the minimum of {MIN_HEALTH_TIMEOUT_MS}",
+                    self.timeout_ms
+                ),
+            ));
+        }
+        if self.timeout_ms > self.interval_ms {
+            return Err(ConfigError::new(
+                format!("{field}.timeout_ms"),
+                format!(
+                    "{} exceeds interval_ms ({}): a probe must end before the next is due",
+                    self.timeout_ms, self.interval_ms
+                ),
+            ));
+        }
+        for (name, v) in [
+            ("unhealthy_after", self.unhealthy_after),
+            ("healthy_after", self.healthy_after),
+        ] {
+            if v == 0 || v > MAX_HEALTH_THRESHOLD {
+                return Err(ConfigError::new(
+                    format!("{field}.{name}"),
+                    format!("{v} is out of range 1-{MAX_HEALTH_THRESHOLD} (consecutive probes)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The same check with defaults made explicit (an `http` check without a path gets `/`),
+    /// as it is stored.
+    pub fn normalized(mut self) -> Self {
+        if self.kind == HealthCheckKind::Http && self.path.is_none() {
+            self.path = Some(DEFAULT_HEALTH_PATH.to_string());
+        }
+        self
+    }
+
+    /// Request path of an `http` check.
+    pub fn http_path(&self) -> &str {
+        self.path.as_deref().unwrap_or(DEFAULT_HEALTH_PATH)
+    }
+}
+
+/// `tcp`, or `http` with its path (`http:/healthz`): the form `netd expose --health-check`
+/// takes.
+impl fmt::Display for HealthCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            HealthCheckKind::Tcp => f.write_str("tcp"),
+            HealthCheckKind::Http => write!(f, "http:{}", self.http_path()),
+        }
+    }
+}
+
+/// Parses `tcp`, `http` or `http:PATH` into a check with default timing.
+impl FromStr for HealthCheck {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, path) = match s.split_once(':') {
+            Some((k, p)) => (k, Some(p)),
+            None => (s, None),
+        };
+        let kind = match kind.to_ascii_lowercase().as_str() {
+            "tcp" => HealthCheckKind::Tcp,
+            "http" => HealthCheckKind::Http,
+            _ => {
+                return Err(ConfigError::new(
+                    "health_check.kind",
+                    format!("{s:?} is not a health check: use tcp, http or http:/PATH"),
+                ))
+            }
+        };
+        let mut hc = Self::new(kind);
+        if let Some(p) = path {
+            hc.path = Some(p.to_string());
+        }
+        hc.validate("health_check")?;
+        Ok(hc)
+    }
+}
+
+/// An HTTP request path: starts with `/`, at most [`MAX_HEALTH_PATH_LEN`] bytes of visible
+/// ASCII (no spaces or control characters, which would break the request line).
+fn validate_http_path(field: &str, p: &str) -> Result<(), ConfigError> {
+    let ok = p.starts_with('/')
+        && p.len() <= MAX_HEALTH_PATH_LEN
+        && p.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            field,
+            format!(
+                "{p:?} is not a valid request path: start with '/', at most {MAX_HEALTH_PATH_LEN} visible ASCII characters, no spaces (percent-encode them)"
+            ),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Endpoints
 
-/// Health of an endpoint as seen by health checks (later slice) or its registrant.
+/// Health of an endpoint: set by the daemon's active health check when its service has one,
+/// else whatever its registrant said (`unknown` by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
@@ -985,6 +1221,82 @@ mod tests {
         let s: ServiceSpec =
             serde_json::from_str(r#"{"name":"web","ports":[{"port":80},{"port":80}]}"#).unwrap();
         assert_eq!(s.validate().unwrap_err().field, "ports[1].port");
+    }
+
+    #[test]
+    fn health_check_defaults_and_errors() {
+        let s: ServiceSpec = serde_json::from_str(
+            r#"{"name":"web","ports":[{"port":80}],"health_check":{"kind":"http"}}"#,
+        )
+        .unwrap();
+        s.validate().unwrap();
+        let hc = s.health_check.unwrap();
+        assert_eq!(
+            (
+                hc.interval_ms,
+                hc.timeout_ms,
+                hc.unhealthy_after,
+                hc.healthy_after
+            ),
+            (2000, 1000, 3, 2)
+        );
+        assert_eq!(hc.path, None);
+        assert_eq!(hc.clone().normalized().path.as_deref(), Some("/"));
+        assert_eq!(hc.http_path(), "/");
+        let bad = |json: &str| {
+            let hc: HealthCheck = serde_json::from_str(json).unwrap();
+            hc.validate("health_check").unwrap_err().field
+        };
+        assert_eq!(bad(r#"{"kind":"tcp","path":"/x"}"#), "health_check.path");
+        assert_eq!(bad(r#"{"kind":"http","path":"x"}"#), "health_check.path");
+        assert_eq!(bad(r#"{"kind":"http","path":"/a b"}"#), "health_check.path");
+        assert_eq!(
+            bad(r#"{"kind":"tcp","interval_ms":5}"#),
+            "health_check.interval_ms"
+        );
+        assert_eq!(
+            bad(r#"{"kind":"tcp","timeout_ms":3000}"#),
+            "health_check.timeout_ms"
+        );
+        assert_eq!(
+            bad(r#"{"kind":"tcp","timeout_ms":1}"#),
+            "health_check.timeout_ms"
+        );
+        assert_eq!(
+            bad(r#"{"kind":"tcp","healthy_after":0}"#),
+            "health_check.healthy_after"
+        );
+        assert_eq!(
+            bad(r#"{"kind":"tcp","unhealthy_after":101}"#),
+            "health_check.unhealthy_after"
+        );
+        assert!(serde_json::from_str::<HealthCheck>(r#"{"kind":"udp"}"#).is_err());
+        assert!(serde_json::from_str::<HealthCheck>(r#"{"kind":"tcp","x":1}"#).is_err());
+    }
+
+    #[test]
+    fn health_check_flag_form() {
+        let tcp: HealthCheck = "tcp".parse().unwrap();
+        assert_eq!(tcp, HealthCheck::new(HealthCheckKind::Tcp));
+        assert_eq!(tcp.to_string(), "tcp");
+        let http: HealthCheck = "http".parse().unwrap();
+        assert_eq!(http.path.as_deref(), Some("/"));
+        let hz: HealthCheck = "HTTP:/healthz?full=1".parse().unwrap();
+        assert_eq!(hz.kind, HealthCheckKind::Http);
+        assert_eq!(hz.to_string(), "http:/healthz?full=1");
+        assert_eq!(hz.to_string().parse::<HealthCheck>().unwrap(), hz);
+        assert_eq!(
+            "udp".parse::<HealthCheck>().unwrap_err().field,
+            "health_check.kind"
+        );
+        assert_eq!(
+            "http:x".parse::<HealthCheck>().unwrap_err().field,
+            "health_check.path"
+        );
+        assert_eq!(
+            "tcp:/x".parse::<HealthCheck>().unwrap_err().field,
+            "health_check.path"
+        );
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! Startup, in order: refuse if another daemon answers on the socket (remove a stale socket
 //! file), open the embedded store (its file lock refuses a second daemon on the same data
 //! directory), load the registry, create the default network and write conflists, bind the API
-//! socket (mode 0660, group `netd` when it exists), start the lease-expiry task and the API
-//! server, print one line. On SIGTERM or ctrl-c: stop accepting, let in-flight requests finish
-//! (bounded), stop the background tasks, remove the socket.
+//! socket (mode 0660, group `netd` when it exists), start the background tasks (lease expiry,
+//! health checks, attachment liveness) and the API server, print one line. On SIGTERM or
+//! ctrl-c: stop accepting, let in-flight requests finish (bounded), stop the background tasks,
+//! remove the socket.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -26,6 +27,7 @@ use crate::registry::leases;
 use crate::registry::store::embedded::EmbeddedStore;
 use crate::registry::store::StoreError;
 use crate::registry::{Registry, RegistryConfig, RegistryError};
+use crate::{health, liveness};
 
 /// Settings of `netd up`.
 #[derive(Debug, Clone)]
@@ -42,6 +44,10 @@ pub struct DaemonOptions {
     pub node: Option<String>,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Health-check probes in flight at once.
+    pub health_max_in_flight: usize,
+    /// How often attachments are checked for a vanished network namespace.
+    pub netns_sweep_interval: Duration,
 }
 
 /// The daemon could not start, or failed while running.
@@ -108,7 +114,17 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         access,
     });
     let server = tokio::spawn(api::serve(listener, state, opts.drain_timeout));
-    let expiry = tokio::spawn(leases::run_expiry(registry.clone(), drain_rx));
+    let expiry = tokio::spawn(leases::run_expiry(registry.clone(), drain_rx.clone()));
+    let checks = tokio::spawn(health::run(
+        registry.clone(),
+        opts.health_max_in_flight,
+        drain_rx.clone(),
+    ));
+    let sweep = tokio::spawn(liveness::run(
+        registry.clone(),
+        opts.netns_sweep_interval,
+        drain_rx,
+    ));
 
     let snap = registry.snapshot();
     let nets: Vec<String> = snap
@@ -145,6 +161,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         Err(e) => crate::log(&format!("API server task failed: {e}")),
     }
     let _ = expiry.await;
+    let _ = checks.await;
+    let _ = sweep.await;
     let _ = std::fs::remove_file(&opts.socket);
     crate::log("stopped");
     Ok(())

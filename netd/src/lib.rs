@@ -5,6 +5,8 @@
 //! - [`api`]: the HTTP/1.1 + JSON API on the unix socket.
 //! - [`registry`]: networks, services, endpoints, leases, attachments; snapshot, store, watch.
 //! - [`networks`]: network lifecycle with its CNI conflist ([`conflist`]).
+//! - [`health`]: active health checks of service endpoints (TCP connect, HTTP GET).
+//! - [`liveness`]: removes attachments (and their endpoints) whose container namespace is gone.
 //!
 //! DNS (crate `netd-dns`), service VIPs (nf_tables), the etcd store and sidecars come in later
 //! steps; they plug into the registry's snapshot and watch feed.
@@ -14,6 +16,8 @@ pub mod cli;
 pub mod client;
 pub mod conflist;
 pub mod daemon;
+pub mod health;
+pub mod liveness;
 pub mod networks;
 pub mod registry;
 

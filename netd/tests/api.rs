@@ -24,6 +24,7 @@ fn spec(name: &str, ports: &[u16]) -> ServiceSpec {
                 host_port: None,
             })
             .collect(),
+        health_check: None,
     }
 }
 
@@ -326,7 +327,8 @@ async fn attachments_register_names_and_service_endpoints() {
             container_id: "c0ffee1234567890".into(),
             ifname: "eth0".into(),
             network: "netd".into(),
-            netns: "/var/run/netns/x".into(),
+            // A namespace that lives as long as this test: the liveness sweep keeps it.
+            netns: format!("/proc/{}/ns/net", std::process::id()),
             ips: vec!["10.89.0.7/24".into(), "fd00:89::7/64".into()],
             names: vec!["shop".into(), "shop.local".into()],
             service: Some("web:8080,cart:9090".into()),

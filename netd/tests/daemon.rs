@@ -133,6 +133,7 @@ async fn acknowledged_writes_survive_kill_9() {
                     protocol: Default::default(),
                     host_port: None,
                 }],
+                health_check: None,
             })
             .await
             .unwrap();
@@ -188,6 +189,7 @@ async fn acknowledged_writes_survive_kill_9() {
                 protocol: Default::default(),
                 host_port: None,
             }],
+            health_check: None,
         })
         .await
         .unwrap();

@@ -317,8 +317,8 @@ impl Nft {
     /// Removes the attachment's elements. Succeeds when some or all are already gone, and
     /// when the tables do not exist. A host port now mapped to a different container address
     /// is left alone. Then the conntrack entries of flows answered by the attachment's mapped
-    /// container ports are deleted (best effort), so the peers' next packets are translated
-    /// afresh instead of following the removed mappings.
+    /// UDP ports are deleted (best effort), so the peers' next packets are translated afresh
+    /// instead of following the removed mappings.
     pub fn del_attachment(&mut self, att: &AttachmentSpec) -> Result<(), NatError> {
         let mut items = Vec::new();
         // What cannot be encoded was never added: nothing of it to delete.
@@ -334,9 +334,13 @@ impl Nft {
         }
         items.extend(elements::mac_items(att).unwrap_or_default());
         self.delete_items(items)?;
+        // UDP only, as the reference portmap plugin does: a TCP flow ends with its connection,
+        // while a UDP "flow" lives on as long as the peer keeps sending; and a conntrack dump
+        // walks the kernel's whole (global) table, tens of milliseconds on a large one.
         let answered: Vec<Stale> = att
             .ports
             .iter()
+            .filter(|p| p.protocol == Protocol::Udp)
             .map(|p| Stale::FromContainer {
                 proto: p.protocol.number(),
                 addr: SocketAddr::new(p.container_ip, p.container_port),

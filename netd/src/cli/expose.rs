@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use netd_config::netd::{
-    endpoint_id, EndpointSpec, Lease, Protocol, Service, ServicePort, ServiceSpec,
+    endpoint_id, EndpointSpec, HealthCheck, Lease, Protocol, Service, ServicePort, ServiceSpec,
     DEFAULT_NAMESPACE,
 };
 use serde_json::json;
@@ -30,6 +30,12 @@ Examples:
   netd expose web 8080                      127.0.0.1:8080 as web, until ctrl-c
   netd expose api 9000 --protocol grpc --address 10.89.0.5
   netd expose web 8080 --persist            stays registered; `netd unexpose web` removes it
+  netd expose web 8080 --health-check http:/healthz
+                                            probe GET /healthz every 2s; failing endpoints
+                                            turn unhealthy (see `netd endpoints web`)
+
+--health-check applies to the whole service (every endpoint is probed); without it, a check
+the service already has is kept.
 
 --host-port N is recorded with the service; netd publishes it on the host together with the
 service VIPs (nf_tables), which come in a later release.")]
@@ -53,6 +59,11 @@ pub struct Args {
     /// Register without a lease and return at once.
     #[arg(long)]
     pub persist: bool,
+    /// Probe the service's endpoints: `tcp` (connect) or `http[:PATH]` (GET, 2xx/3xx is
+    /// healthy; default path /), every 2s, 1s timeout; 3 failures mark an endpoint unhealthy,
+    /// 2 successes healthy again.
+    #[arg(long, value_name = "tcp|http[:PATH]", value_parser = parse_health_check)]
+    pub health_check: Option<HealthCheck>,
     /// Lease time to live in seconds: how long the endpoint outlives this process if killed.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub ttl: u64,
@@ -60,6 +71,10 @@ pub struct Args {
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
     s.parse()
+}
+
+fn parse_health_check(s: &str) -> Result<HealthCheck, String> {
+    s.parse().map_err(|e: netd_config::ConfigError| e.message)
 }
 
 /// Registers, then (without --persist) keeps the lease alive until a signal.
@@ -124,7 +139,8 @@ async fn reregister(client: &Client, args: &Args) -> Result<Lease, ClientError> 
     register_with_lease(client, args).await.map(|(l, _)| l)
 }
 
-/// Creates the service, or adds/updates PORT on it (other ports are kept).
+/// Creates the service, or adds/updates PORT on it (other ports are kept). The health check
+/// is set when `--health-check` is given, else kept as it is.
 async fn ensure_service(client: &Client, args: &Args) -> Result<Service, ClientError> {
     let port = ServicePort {
         name: None,
@@ -132,9 +148,9 @@ async fn ensure_service(client: &Client, args: &Args) -> Result<Service, ClientE
         protocol: args.protocol,
         host_port: args.host_port,
     };
-    let mut ports = match client.service(&args.namespace, &args.service).await? {
-        Some(s) => s.ports,
-        None => Vec::new(),
+    let (mut ports, existing_check) = match client.service(&args.namespace, &args.service).await? {
+        Some(s) => (s.ports, s.health_check),
+        None => (Vec::new(), None),
     };
     match ports.iter_mut().find(|p| p.port == args.port) {
         Some(p) => {
@@ -150,6 +166,7 @@ async fn ensure_service(client: &Client, args: &Args) -> Result<Service, ClientE
             name: args.service.clone(),
             namespace: args.namespace.clone(),
             ports,
+            health_check: args.health_check.clone().or(existing_check),
         })
         .await
 }
@@ -227,6 +244,9 @@ fn report(
     println!("  vip   {}", std::net::SocketAddr::new(svc.vip, args.port));
     if let Some(h) = args.host_port {
         println!("  host  port {h} (recorded; published on the host once netd programs VIPs)");
+    }
+    if let Some(hc) = &svc.health_check {
+        println!("  check {}", super::services::describe_check(hc));
     }
     match lease {
         Some(l) => println!(

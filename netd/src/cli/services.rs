@@ -1,4 +1,7 @@
-//! `netd services`: lists services with their VIPs, ports, DNS names and endpoint counts.
+//! `netd services`: lists services with their VIPs, ports, DNS names, endpoint counts and
+//! health checks.
+
+use netd_config::netd::{Health, HealthCheck};
 
 use super::output::{print_json, Format, Table};
 use super::CliError;
@@ -19,7 +22,15 @@ pub async fn run(client: &Client, out: Format, args: Args) -> Result<(), CliErro
         return Ok(print_json(&services)?);
     }
     let status = client.status().await?;
-    let mut t = Table::new(&["NAMESPACE", "NAME", "VIP", "PORTS", "ENDPOINTS", "DNS"]);
+    let mut t = Table::new(&[
+        "NAMESPACE",
+        "NAME",
+        "VIP",
+        "PORTS",
+        "ENDPOINTS",
+        "CHECK",
+        "DNS",
+    ]);
     for s in &services {
         let eps = client.endpoints(&s.namespace, &s.name).await?;
         let ports: Vec<String> = s
@@ -38,9 +49,28 @@ pub async fn run(client: &Client, out: Format, args: Args) -> Result<(), CliErro
             s.name.clone(),
             s.vip.to_string(),
             ports.join(","),
-            eps.len().to_string(),
+            match &s.health_check {
+                Some(_) => {
+                    let healthy = eps.iter().filter(|e| e.health == Health::Healthy).count();
+                    format!("{}/{} healthy", healthy, eps.len())
+                }
+                None => eps.len().to_string(),
+            },
+            s.health_check
+                .as_ref()
+                .map_or_else(|| "-".to_string(), describe_check),
             s.dns_name(&status.domain),
         ]);
     }
     Ok(t.print()?)
+}
+
+/// One-line description of a health check: `http:/healthz every 2s`.
+pub fn describe_check(hc: &HealthCheck) -> String {
+    let every = if hc.interval_ms.is_multiple_of(1000) {
+        format!("{}s", hc.interval_ms / 1000)
+    } else {
+        format!("{}ms", hc.interval_ms)
+    };
+    format!("{hc} every {every}")
 }

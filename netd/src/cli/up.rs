@@ -8,6 +8,8 @@ use netd_config::netd::{DEFAULT_CNI_CONF_DIR, DEFAULT_DATA_DIR, DEFAULT_VIP_RANG
 
 use super::CliError;
 use crate::daemon::{self, DaemonOptions};
+use crate::health::DEFAULT_MAX_IN_FLIGHT;
+use crate::liveness::DEFAULT_SWEEP_MS;
 
 /// Arguments of `netd up`.
 #[derive(Debug, clap::Args)]
@@ -38,6 +40,13 @@ pub struct Args {
     /// Seconds to let in-flight requests finish on shutdown.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub drain_timeout: u64,
+    /// Health-check probes run at once (each endpoint has at most one in flight).
+    #[arg(long, default_value_t = DEFAULT_MAX_IN_FLIGHT, value_name = "N")]
+    pub health_concurrency: usize,
+    /// Milliseconds between checks for containers whose network namespace is gone (their
+    /// attachments and endpoints are then removed).
+    #[arg(long, default_value_t = DEFAULT_SWEEP_MS, value_name = "MS")]
+    pub netns_sweep_ms: u64,
 }
 
 /// Runs the daemon.
@@ -49,6 +58,11 @@ pub async fn run(socket: &Path, args: Args) -> Result<(), CliError> {
             args.vip_range.trunc()
         )));
     }
+    if args.health_concurrency == 0 || args.netns_sweep_ms == 0 {
+        return Err(CliError::Usage(
+            "--health-concurrency and --netns-sweep-ms must be at least 1".into(),
+        ));
+    }
     daemon::run(DaemonOptions {
         socket: socket.to_path_buf(),
         data_dir: args.data_dir,
@@ -56,6 +70,8 @@ pub async fn run(socket: &Path, args: Args) -> Result<(), CliError> {
         vip_range: args.vip_range,
         node: args.node,
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        health_max_in_flight: args.health_concurrency,
+        netns_sweep_interval: Duration::from_millis(args.netns_sweep_ms),
     })
     .await?;
     Ok(())

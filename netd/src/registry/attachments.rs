@@ -1,6 +1,8 @@
 //! Container attachments reported by the CNI plugin: the record (addresses, DNS names) and the
 //! endpoints registered for the services the container serves (`NETD_SERVICE`), created and
-//! removed together in one transaction.
+//! removed together in one transaction. Removal comes from the plugin's DEL
+//! ([`Registry::detach`]) or from the liveness sweep when the container's namespace is gone
+//! ([`Registry::detach_gone`], driven by [`crate::liveness`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use netd_config::netd::{
 };
 
 use super::model::{Record, Snapshot};
-use super::{deleted, Registry, RegistryError};
+use super::{deleted, Registry, RegistryError, WriteTxn};
 
 impl Registry {
     /// Records a container attachment (replacing a previous one of the same container and
@@ -59,6 +61,7 @@ impl Registry {
                             namespace: r.namespace.clone(),
                             ports: vec![port],
                             vip,
+                            health_check: None,
                             revision: 0,
                         },
                     );
@@ -129,17 +132,45 @@ impl Registry {
         let Some(att) = tx.snapshot().attachments.get(&key).cloned() else {
             return Ok(deleted("attachment", key, tx.snapshot().revision, false));
         };
-        for k in &att.endpoints {
-            if let Some(e) = find_endpoint(tx.snapshot(), k) {
-                if e.container_id.as_deref() == Some(container_id) {
-                    tx.delete(Record::Endpoint(e));
-                }
-            }
-        }
-        tx.delete(Record::Attachment(att));
+        stage_detach(&mut tx, att);
         let done = tx.commit().await?;
         Ok(deleted("attachment", key, done.revision, true))
     }
+
+    /// Removes the attachments in `gone` (key and the revision at which its owner was found
+    /// dead) with their endpoints, in one transaction. An attachment changed since (re-added by
+    /// a new CNI ADD, so a different revision) is left alone. Returns the removed attachments.
+    pub async fn detach_gone(
+        self: &Arc<Self>,
+        gone: &[(String, u64)],
+    ) -> Result<Vec<Arc<Attachment>>, RegistryError> {
+        let mut tx = self.begin().await;
+        let mut removed = Vec::new();
+        for (key, revision) in gone {
+            match tx.snapshot().attachments.get(key) {
+                Some(att) if att.revision == *revision => removed.push(att.clone()),
+                _ => {}
+            }
+        }
+        for att in &removed {
+            stage_detach(&mut tx, att.clone());
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+}
+
+/// Stages the delete of `att` and of the endpoints registered for it (those still owned by its
+/// container: an endpoint re-registered by someone else since is kept).
+fn stage_detach(tx: &mut WriteTxn, att: Arc<Attachment>) {
+    for k in &att.endpoints {
+        if let Some(e) = find_endpoint(tx.snapshot(), k) {
+            if e.container_id.as_deref() == Some(att.container_id.as_str()) {
+                tx.delete(Record::Endpoint(e));
+            }
+        }
+    }
+    tx.delete(Record::Attachment(att));
 }
 
 fn find_endpoint(snap: &Snapshot, key: &str) -> Option<Arc<Endpoint>> {

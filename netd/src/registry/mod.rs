@@ -9,11 +9,12 @@
 //! change is on disk.
 //!
 //! Submodules: [`model`] (snapshot and records), [`store`] (persistence behind a trait),
-//! [`watch`] (fan-out), [`leases`] (lease operations, deadlines and expiry); `services` and
-//! `attachments` hold the other operations. Networks' conflist side effects live
-//! in [`crate::networks`], not here.
+//! [`watch`] (fan-out), [`leases`] (lease operations, deadlines and expiry), [`health`] (the
+//! health checker's write path); `services` and `attachments` hold the other operations.
+//! Networks' conflist side effects live in [`crate::networks`], not here.
 
 mod attachments;
+pub mod health;
 pub mod leases;
 pub mod model;
 mod services;
@@ -26,7 +27,7 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use netd_config::netd::{Deleted, Event};
 use netd_config::ConfigError;
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{watch as revision_watch, Mutex, OwnedMutexGuard};
 
 use self::leases::LeaseClock;
 use self::model::{Op, Record, Snapshot};
@@ -115,6 +116,9 @@ pub struct Registry {
     snapshot: ArcSwap<Snapshot>,
     write: Arc<Mutex<()>>,
     hub: Arc<WatchHub>,
+    /// Last committed revision, for in-process followers (health checker) that only need to
+    /// know *that* something changed; they read the snapshot themselves.
+    revisions: revision_watch::Sender<u64>,
     leases: LeaseClock,
     config: RegistryConfig,
 }
@@ -206,6 +210,7 @@ impl WriteTxn {
             })
             .collect();
         registry.hub.publish(Batch::new(revision, events));
+        registry.revisions.send_replace(revision);
         drop(guard);
         Ok(Committed {
             revision,
@@ -240,6 +245,7 @@ impl Registry {
         Ok(Arc::new(Self {
             store,
             hub: WatchHub::new(snap.revision),
+            revisions: revision_watch::Sender::new(snap.revision),
             snapshot: ArcSwap::from_pointee(snap),
             write: Arc::new(Mutex::new(())),
             leases,
@@ -255,6 +261,13 @@ impl Registry {
     /// Watch fan-out.
     pub fn hub(&self) -> &Arc<WatchHub> {
         &self.hub
+    }
+
+    /// Follows the committed revision. Cheaper than a watch subscription (nothing is queued
+    /// or counted as a watcher): for in-process tasks that re-read [`Registry::snapshot`] on
+    /// change. Intermediate revisions may be skipped.
+    pub fn revisions(&self) -> revision_watch::Receiver<u64> {
+        self.revisions.subscribe()
     }
 
     /// Settings.

@@ -6,15 +6,21 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use netd_config::netd::{service_key, Deleted, Endpoint, EndpointSpec, Service, ServiceSpec};
+use netd_config::netd::{
+    service_key, Deleted, Endpoint, EndpointSpec, Health, HealthCheck, Service, ServiceSpec,
+};
 use netd_config::ConfigError;
 
 use super::model::{allocate_vip, Record, Snapshot};
 use super::{deleted, Registry, RegistryError};
 
 impl Registry {
-    /// Creates a service, or replaces the ports of an existing one (its VIP is kept). Returns
-    /// the stored service and whether it was created.
+    /// Creates a service, or replaces the ports and health check of an existing one (its VIP is
+    /// kept). Returns the stored service and whether it was created.
+    ///
+    /// Removing a health check resets the health of the service's endpoints to `unknown` in the
+    /// same transaction: the check's last verdicts would otherwise stick with nobody to update
+    /// them.
     pub async fn put_service(
         self: &Arc<Self>,
         spec: ServiceSpec,
@@ -27,9 +33,13 @@ impl Registry {
             Some(s) => s.vip,
             None => self.allocate_vip(tx.snapshot(), &key, &HashSet::new())?,
         };
+        let health_check = spec.health_check.map(HealthCheck::normalized);
         if let Some(s) = &existing {
-            if s.ports == spec.ports {
+            if s.ports == spec.ports && s.health_check == health_check {
                 return Ok((s.clone(), false));
+            }
+            if s.health_check.is_some() && health_check.is_none() {
+                stage_health_reset(&mut tx, &key);
             }
         }
         tx.put(Record::Service(Arc::new(Service {
@@ -37,6 +47,7 @@ impl Registry {
             namespace: spec.namespace,
             ports: spec.ports,
             vip,
+            health_check,
             revision: 0,
         })));
         let done = tx.commit().await?;
@@ -49,6 +60,7 @@ impl Registry {
         Ok((stored, existing.is_none()))
     }
 
+    /// Allocates a free VIP for `key` (see [`allocate_vip`]).
     pub(super) fn allocate_vip(
         &self,
         snap: &Snapshot,
@@ -159,5 +171,20 @@ impl Registry {
         tx.delete(Record::Endpoint(ep));
         let done = tx.commit().await?;
         Ok(deleted("endpoint", key, done.revision, true))
+    }
+}
+
+/// Stages every endpoint of `service_key` whose health is not `unknown` back to `unknown`.
+fn stage_health_reset(tx: &mut super::WriteTxn, service_key: &str) {
+    let checked: Vec<Arc<Endpoint>> = tx
+        .snapshot()
+        .endpoints_of(service_key)
+        .filter(|e| e.health != Health::Unknown)
+        .cloned()
+        .collect();
+    for e in checked {
+        let mut e = Arc::unwrap_or_clone(e);
+        e.health = Health::Unknown;
+        tx.put(Record::Endpoint(Arc::new(e)));
     }
 }
