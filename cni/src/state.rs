@@ -209,10 +209,18 @@ fn escape(ifname: &str) -> String {
 /// The host-side veth name for an attachment: deterministic, so DEL and GC find it without a
 /// record; 15 characters at most.
 pub fn host_veth_name(network: &str, container_id: &str, ifname: &str) -> String {
-    // FNV-1a: tiny, stable across releases, good enough to avoid collisions on one host.
+    let h = attachment_hash("", network, container_id, ifname);
+    format!("vnd{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// A stable 64-bit hash of an attachment's identity, salted by `purpose` so that names and
+/// MACs derived from the same attachment are independent. FNV-1a: tiny, stable across
+/// releases, good enough to avoid collisions on one host.
+pub fn attachment_hash(purpose: &str, network: &str, container_id: &str, ifname: &str) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in network
+    for b in purpose
         .bytes()
+        .chain(network.bytes())
         .chain([0])
         .chain(container_id.bytes())
         .chain([0])
@@ -221,7 +229,7 @@ pub fn host_veth_name(network: &str, container_id: &str, ifname: &str) -> String
         h ^= u64::from(b);
         h = h.wrapping_mul(0x100000001b3);
     }
-    format!("vnd{:012x}", h & 0xffff_ffff_ffff)
+    h
 }
 
 #[cfg(test)]

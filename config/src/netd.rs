@@ -1001,6 +1001,20 @@ pub struct Status {
     pub domain: String,
     /// Seconds since the daemon started.
     pub uptime_seconds: u64,
+    /// netd's DNS server (empty from daemons that predate it).
+    #[serde(default)]
+    pub dns: DnsStatus,
+}
+
+/// DNS part of [`Status`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsStatus {
+    /// Addresses answering DNS over UDP and TCP right now (`127.0.0.1:5353`, `10.89.0.1:53`).
+    pub listeners: Vec<String>,
+    /// Where other names are forwarded, in order.
+    pub upstreams: Vec<String>,
+    /// Names answered from the registry (all name forms, including zone apexes).
+    pub names: usize,
 }
 
 /// Store part of [`Status`].

@@ -142,6 +142,72 @@ impl DnsServer {
             udp: local_addr(&udp_socket, udp, Transport::Udp)?,
             tcp: local_addr(&tcp_listener, tcp.unwrap_or(udp), Transport::Tcp)?,
         };
+        Ok(Self::assemble(
+            udp_socket,
+            tcp_listener,
+            addrs,
+            snapshot,
+            forwarder,
+            options,
+        ))
+    }
+
+    /// Like [`DnsServer::bind_with_forwarder`] over sockets the caller already bound (and
+    /// listened on, for TCP), e.g. with `IP_FREEBIND` for an address that is not up yet. The
+    /// sockets are switched to non-blocking mode; must be called inside a tokio runtime.
+    pub fn from_sockets(
+        udp: std::net::UdpSocket,
+        tcp: std::net::TcpListener,
+        snapshot: SnapshotHandle,
+        forwarder: Arc<Forwarder>,
+        options: ServerOptions,
+    ) -> Result<Self, ServerError> {
+        let udp_addr = udp.local_addr().map_err(|source| ServerError::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            transport: Transport::Udp,
+            source,
+        })?;
+        let tcp_addr = tcp.local_addr().map_err(|source| ServerError::Bind {
+            addr: udp_addr,
+            transport: Transport::Tcp,
+            source,
+        })?;
+        let adopt_err = |addr, transport| {
+            move |source| ServerError::Bind {
+                addr,
+                transport,
+                source,
+            }
+        };
+        udp.set_nonblocking(true)
+            .map_err(adopt_err(udp_addr, Transport::Udp))?;
+        tcp.set_nonblocking(true)
+            .map_err(adopt_err(tcp_addr, Transport::Tcp))?;
+        let udp_socket = UdpSocket::from_std(udp).map_err(adopt_err(udp_addr, Transport::Udp))?;
+        let tcp_listener =
+            TcpListener::from_std(tcp).map_err(adopt_err(tcp_addr, Transport::Tcp))?;
+        let addrs = ListenAddrs {
+            udp: udp_addr,
+            tcp: tcp_addr,
+        };
+        Ok(Self::assemble(
+            udp_socket,
+            tcp_listener,
+            addrs,
+            snapshot,
+            forwarder,
+            options,
+        ))
+    }
+
+    fn assemble(
+        udp_socket: UdpSocket,
+        tcp_listener: TcpListener,
+        addrs: ListenAddrs,
+        snapshot: SnapshotHandle,
+        forwarder: Arc<Forwarder>,
+        options: ServerOptions,
+    ) -> Self {
         let handler = Handler {
             snapshot,
             forwarder: forwarder.clone(),
@@ -154,12 +220,12 @@ impl DnsServer {
             options.tcp_idle_timeout,
             options.tcp_response_buffer.max(1),
         );
-        Ok(Self {
+        Self {
             server,
             addrs,
             forwarder,
             shutdown_timeout: options.shutdown_timeout,
-        })
+        }
     }
 
     /// Where the server listens.

@@ -3,7 +3,8 @@
 //! never reads a half-written file.
 //!
 //! The conflist runs `netd-cni` with the network's bridge and subnets (one IPAM range set per
-//! subnet, so two subnets give dual stack) and the capabilities Podman and containerd use.
+//! subnet, so two subnets give dual stack) and the capabilities Podman and containerd use. Its
+//! `dns` section points containers at netd's DNS on each subnet's gateway.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,16 @@ pub fn render(net: &Network) -> Value {
     if net.isolate {
         plugin["isolate"] = json!(true);
     }
+    // netd answers DNS on the gateways; netd-cni returns this section as the result's `dns`.
+    let nameservers: Vec<String> = net
+        .subnets
+        .iter()
+        .map(|s| crate::dns::gateway_address(s).to_string())
+        .collect();
+    plugin["dns"] = json!({
+        "nameservers": nameservers,
+        "search": [crate::dns::SEARCH_DOMAIN],
+    });
     json!({
         "cniVersion": CNI_VERSION,
         "name": net.name,
@@ -109,5 +120,12 @@ mod tests {
         assert_eq!(conf.bridge_name(), "netd0");
         assert!(conf.has_capability("portMappings"));
         assert_eq!(conf.ipam.unwrap().range_sets().len(), 2);
+        assert_eq!(
+            v["plugins"][0]["dns"],
+            serde_json::json!({
+                "nameservers": ["10.89.0.1", "fd00:89::1"],
+                "search": ["netd.local"],
+            })
+        );
     }
 }

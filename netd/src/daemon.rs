@@ -4,7 +4,8 @@
 //! file), open the embedded store (its file lock refuses a second daemon on the same data
 //! directory), load the registry, create the default network and write conflists, bind the API
 //! socket (mode 0660, group `netd` when it exists), start the background tasks (lease expiry,
-//! health checks, attachment liveness) and the API server, print one line. On SIGTERM or
+//! health checks, attachment liveness, DNS names and listeners) and the API server, print one
+//! line. On SIGTERM or
 //! ctrl-c: stop accepting, let in-flight requests finish (bounded), stop the background tasks,
 //! remove the socket.
 
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::api::peer::Access;
 use crate::api::{self, ApiState};
+use crate::dns::{self, DnsOptions};
 use crate::networks::Networks;
 use crate::registry::leases;
 use crate::registry::store::embedded::EmbeddedStore;
@@ -48,6 +50,8 @@ pub struct DaemonOptions {
     pub health_max_in_flight: usize,
     /// How often attachments are checked for a vanished network namespace.
     pub netns_sweep_interval: Duration,
+    /// DNS listeners and upstreams.
+    pub dns: DnsOptions,
 }
 
 /// The daemon could not start, or failed while running.
@@ -105,6 +109,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
 
     let (drain_tx, drain_rx) = watch::channel(false);
+    let (dns, dns_tasks) = dns::start(registry.clone(), opts.dns.clone(), drain_rx.clone());
     let state = Arc::new(ApiState {
         registry: registry.clone(),
         networks,
@@ -112,6 +117,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         started,
         drain: drain_rx.clone(),
         access,
+        dns,
     });
     let server = tokio::spawn(api::serve(listener, state, opts.drain_timeout));
     let expiry = tokio::spawn(leases::run_expiry(registry.clone(), drain_rx.clone()));
@@ -163,6 +169,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let _ = expiry.await;
     let _ = checks.await;
     let _ = sweep.await;
+    for task in dns_tasks {
+        let _ = task.await;
+    }
     let _ = std::fs::remove_file(&opts.socket);
     crate::log("stopped");
     Ok(())

@@ -7,8 +7,9 @@
 //! - [`networks`]: network lifecycle with its CNI conflist ([`conflist`]).
 //! - [`health`]: active health checks of service endpoints (TCP connect, HTTP GET).
 //! - [`liveness`]: removes attachments (and their endpoints) whose container namespace is gone.
+//! - [`dns`]: answers DNS for the networks' containers and services (crate `netd-dns`).
 //!
-//! DNS (crate `netd-dns`), service VIPs (nf_tables), the etcd store and sidecars come in later
+//! Service VIPs (nf_tables), the etcd store and sidecars come in later
 //! steps; they plug into the registry's snapshot and watch feed.
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod client;
 pub mod conflist;
 pub mod daemon;
+pub mod dns;
 pub mod health;
 pub mod liveness;
 pub mod networks;

@@ -19,7 +19,7 @@ use crate::link::{self, Bandwidth, Link, LinkError, Netlink, RouteEntry};
 use crate::nat::Nft;
 use crate::netns::NetNs;
 use crate::spec::{CniResult, Interface, IpConfig};
-use crate::state::{host_veth_name, Attachment};
+use crate::state::{attachment_hash, host_veth_name, Attachment};
 
 /// Runs ADD and returns the result in the requested version's shape.
 pub fn run(ctx: &Ctx) -> Result<Value, Error> {
@@ -473,18 +473,7 @@ fn ignore_missing_ipv6(e: std::io::Error) -> std::io::Result<()> {
 /// A stable, locally administered unicast MAC for an attachment: known before the veth exists
 /// (so the record holds it), and the same again when the same container is re-attached.
 fn derived_mac(network: &str, container_id: &str, ifname: &str) -> [u8; 6] {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in "mac"
-        .bytes()
-        .chain(network.bytes())
-        .chain([0])
-        .chain(container_id.bytes())
-        .chain([0])
-        .chain(ifname.bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
+    let h = attachment_hash("mac", network, container_id, ifname);
     let b = h.to_be_bytes();
     [(b[2] & 0xfe) | 0x02, b[3], b[4], b[5], b[6], b[7]]
 }

@@ -47,6 +47,8 @@ pub struct ApiState {
     pub drain: signal::Receiver<bool>,
     /// Who may connect.
     pub access: Access,
+    /// DNS server state, for status.
+    pub dns: crate::dns::DnsHandle,
 }
 
 /// Serves connections from `listener` until `drain` turns true, then waits up to

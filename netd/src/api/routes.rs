@@ -207,6 +207,7 @@ fn status(state: &ApiState) -> Status {
         vip_range: cfg.vip_range.to_string(),
         domain: cfg.domain.clone(),
         uptime_seconds: state.started.elapsed().as_secs(),
+        dns: state.dns.status(),
     }
 }
 

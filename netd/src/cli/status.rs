@@ -33,5 +33,20 @@ pub async fn run(client: &Client, out: Format) -> Result<(), CliError> {
     println!("watchers:     {}", s.watchers);
     println!("vip range:    {}", s.vip_range);
     println!("dns domain:   svc.{}", s.domain);
+    let listeners = if s.dns.listeners.is_empty() {
+        "none".to_string()
+    } else {
+        s.dns.listeners.join(", ")
+    };
+    println!(
+        "dns:          {listeners} (udp, tcp; {} names)",
+        s.dns.names
+    );
+    let upstreams = if s.dns.upstreams.is_empty() {
+        "none".to_string()
+    } else {
+        s.dns.upstreams.join(", ")
+    };
+    println!("dns upstream: {upstreams}");
     Ok(())
 }

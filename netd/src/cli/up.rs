@@ -1,5 +1,6 @@
 //! `netd up`: runs the node daemon in the foreground.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use netd_config::netd::{DEFAULT_CNI_CONF_DIR, DEFAULT_DATA_DIR, DEFAULT_VIP_RANG
 
 use super::CliError;
 use crate::daemon::{self, DaemonOptions};
+use crate::dns::DnsOptions;
 use crate::health::DEFAULT_MAX_IN_FLIGHT;
 use crate::liveness::DEFAULT_SWEEP_MS;
 
@@ -17,6 +19,10 @@ use crate::liveness::DEFAULT_SWEEP_MS;
 Runs until SIGTERM or ctrl-c, then finishes in-flight requests and exits. Creates the network
 `netd` (10.89.0.0/24 + fd00:89::/64, bridge netd0) on first start and writes
 <cni-conf-dir>/netd.conflist, so `podman run --network netd ...` works right away.
+
+DNS: containers get netd's DNS at their network's gateway (port 53): container names,
+services (web, web.default, web.default.svc.netd.local), SRV and PTR; other names go to
+--dns-upstream or the host's resolvers. Example: netd up --dns-listen 127.0.0.1:5353
 
 Example systemd unit (/etc/systemd/system/netd.service):
   [Service]
@@ -47,6 +53,23 @@ pub struct Args {
     /// attachments and endpoints are then removed).
     #[arg(long, default_value_t = DEFAULT_SWEEP_MS, value_name = "MS")]
     pub netns_sweep_ms: u64,
+    /// Also answer DNS (UDP and TCP) on ADDR, e.g. 127.0.0.1:5353. Repeatable.
+    #[arg(long = "dns-listen", value_name = "ADDR")]
+    pub dns_listen: Vec<SocketAddr>,
+    /// Do not answer DNS on each network's gateway address (port 53).
+    #[arg(long)]
+    pub no_network_dns: bool,
+    /// Forward names outside netd's zones to ADDR (IP or IP:PORT). Repeatable; default: the
+    /// nameservers of /etc/resolv.conf at startup.
+    #[arg(long = "dns-upstream", value_name = "ADDR", value_parser = parse_upstream)]
+    pub dns_upstream: Vec<SocketAddr>,
+}
+
+/// An upstream resolver: `IP` (port 53) or `IP:PORT` / `[IPv6]:PORT`.
+fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("{s:?} is not an address (e.g. 192.0.2.53 or 127.0.0.1:5353)"))
 }
 
 /// Runs the daemon.
@@ -72,6 +95,11 @@ pub async fn run(socket: &Path, args: Args) -> Result<(), CliError> {
         drain_timeout: Duration::from_secs(args.drain_timeout),
         health_max_in_flight: args.health_concurrency,
         netns_sweep_interval: Duration::from_millis(args.netns_sweep_ms),
+        dns: DnsOptions {
+            listen: args.dns_listen,
+            network_dns: !args.no_network_dns,
+            upstreams: (!args.dns_upstream.is_empty()).then_some(args.dns_upstream),
+        },
     })
     .await?;
     Ok(())

@@ -47,6 +47,9 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub data_dir: PathBuf,
     pub cni_dir: PathBuf,
+    /// Extra `netd up` arguments; by default `--no-network-dns`, so tests never listen on the
+    /// host's gateway addresses.
+    pub up_args: Vec<String>,
     starts: usize,
     // Last so it is removed after the process is gone.
     pub dir: TempDir,
@@ -55,12 +58,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon in a fresh directory and waits until it answers.
     pub fn start(tag: &str) -> Self {
+        Self::start_with(tag, &["--no-network-dns"])
+    }
+
+    /// Starts a daemon in a fresh directory with these extra `netd up` arguments.
+    pub fn start_with(tag: &str, up_args: &[&str]) -> Self {
         let dir = TempDir::new(tag);
         let mut d = Daemon {
             socket: dir.0.join("netd.sock"),
             data_dir: dir.0.join("data"),
             cni_dir: dir.0.join("cni"),
             child: None,
+            up_args: up_args.iter().map(ToString::to_string).collect(),
             starts: 0,
             dir,
         };
@@ -85,6 +94,7 @@ impl Daemon {
             .arg(&self.cni_dir)
             .arg("--node")
             .arg("test-node")
+            .args(&self.up_args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
