@@ -7,6 +7,7 @@ use std::time::Duration;
 /// Usage text printed by `--help` and on bad arguments.
 pub const USAGE: &str = "\
 usage: netd-bench cni [options]
+       netd-bench dns [options]   (netd-dns vs dnsmasq; see netd-bench dns --help)
 
 Compares netd-cni with the reference chain bridge + host-local + portmap, side by side,
 inside throwaway network namespaces. Run as root.

@@ -15,11 +15,15 @@
 //! - [`runner`] — one tool's run, from namespaces to teardown.
 //! - [`report`] — the table and the JSON document.
 //! - [`stats`] — percentiles.
+//!
+//! The `dns` benchmark ([`dns`]) compares netd's DNS server (`netd-dns`, run by the same
+//! binary's `dns-server` mode) with dnsmasq under dnsperf, on loopback.
 
 pub mod attach;
 pub mod cli;
 pub mod cni;
 pub mod datapath;
+pub mod dns;
 pub mod guard;
 pub mod netns;
 pub mod report;

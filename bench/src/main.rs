@@ -4,9 +4,19 @@ use std::process::ExitCode;
 
 use netd_bench::cli::{Options, Tool, USAGE};
 use netd_bench::scratch::Scratch;
-use netd_bench::{guard, report, runner, tools};
+use netd_bench::{dns, guard, report, runner, tools};
 
 fn main() -> ExitCode {
+    // The DNS server helper is a plain long-running child: no signal thread, no scratch.
+    if std::env::args().nth(1).as_deref() == Some("dns-server") {
+        return match dns::serve(std::env::args().skip(2)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("netd-bench dns-server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Err(e) = guard::install() {
         eprintln!("netd-bench: cannot install signal handling: {e}");
         return ExitCode::FAILURE;
@@ -14,6 +24,7 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("cni") => {}
+        Some("dns") => return dns_main(args),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -35,6 +46,29 @@ fn main() -> ExitCode {
         }
     };
     match run(&opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("netd-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `dns` subcommand: options, run, exit status.
+fn dns_main(args: impl Iterator<Item = String>) -> ExitCode {
+    if std::env::args().any(|a| a == "-h" || a == "--help") {
+        print!("{}", dns::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let opts = match dns::Options::parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("netd-bench: {e}\n\n{}", dns::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match dns::run(&opts) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
