@@ -188,12 +188,29 @@ pub struct RuntimeConfig {
     /// Requested MAC address of the container interface.
     #[serde(default)]
     pub mac: Option<String>,
-    /// DNS names of the container on this network (kept for netd).
+    /// DNS names of the container (kept for netd): a list, or, as Podman sends it, a map from
+    /// network name to list (see [`NetConf::aliases`]).
     #[serde(default)]
-    pub aliases: Vec<String>,
+    pub aliases: Aliases,
     /// Traffic shaping of the container's interface.
     #[serde(default)]
     pub bandwidth: Option<BandwidthLimits>,
+}
+
+/// The `aliases` capability in either shape runtimes send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Aliases {
+    /// `["web", "www"]`.
+    List(Vec<String>),
+    /// `{"<network>": ["web", "www"]}` (Podman).
+    PerNetwork(std::collections::BTreeMap<String, Vec<String>>),
+}
+
+impl Default for Aliases {
+    fn default() -> Self {
+        Aliases::List(Vec::new())
+    }
 }
 
 /// The `bandwidth` capability: rates in bits per second, bursts in bits; 0 means unlimited.
@@ -285,6 +302,14 @@ impl NetConf {
         self.bridge.as_deref().unwrap_or(DEFAULT_BRIDGE)
     }
 
+    /// The container's aliases on this network.
+    pub fn aliases(&self) -> &[String] {
+        match &self.runtime_config.aliases {
+            Aliases::List(list) => list,
+            Aliases::PerNetwork(map) => map.get(&self.name).map(Vec::as_slice).unwrap_or(&[]),
+        }
+    }
+
     /// Whether the bridge carries the gateway address.
     pub fn gateway_on_bridge(&self) -> bool {
         self.is_gateway || self.is_default_gateway
@@ -313,7 +338,7 @@ impl NetConf {
             "portMappings" => !self.runtime_config.port_mappings.is_empty(),
             "ips" => !self.runtime_config.ips.is_empty(),
             "mac" => self.runtime_config.mac.is_some(),
-            "aliases" => !self.runtime_config.aliases.is_empty(),
+            "aliases" => !self.aliases().is_empty(),
             "bandwidth" => self.runtime_config.bandwidth.is_some(),
             _ => false,
         }
@@ -583,6 +608,17 @@ mod tests {
             r#"{"name":"n","ipam":{"type":"netd","ranges":[[{"subnet":"10.1.0.0/16"}],[{"subnet":"10.1.2.0/24"}]]}}"#,
         );
         assert!(c.validate().unwrap_err().to_string().contains("overlaps"));
+    }
+
+    #[test]
+    fn aliases_as_list_or_per_network_map() {
+        let c = conf(r#"{"name":"n","runtimeConfig":{"aliases":["web","www"]}}"#);
+        assert_eq!(c.aliases(), ["web", "www"]);
+        let c = conf(r#"{"name":"n","runtimeConfig":{"aliases":{"n":["web"],"other":["x"]}}}"#);
+        assert_eq!(c.aliases(), ["web"]);
+        assert!(c.has_capability("aliases"));
+        let c = conf(r#"{"name":"m","runtimeConfig":{"aliases":{"n":["web"]}}}"#);
+        assert!(c.aliases().is_empty());
     }
 
     #[test]

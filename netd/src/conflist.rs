@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use netd_config::netd::Network;
 use serde_json::{json, Value};
 
-/// CNI version the conflists declare.
-pub const CNI_VERSION: &str = "1.1.0";
+/// CNI version the conflists declare: 1.0.0, the newest that Podman 4's CNI library reads
+/// (netd-cni also speaks 1.1.0 to runtimes that send it).
+pub const CNI_VERSION: &str = "1.0.0";
 
 /// Path of a network's conflist.
 pub fn path(dir: &Path, network: &str) -> PathBuf {

@@ -193,6 +193,10 @@ fn setup_bridge(
         host.ensure_bridge(conf.bridge_name(), conf.mtu, conf.vlan.is_some())?;
     if created {
         undo.bridge = Some(bridge.index);
+        // Pin the bridge's MAC: left alone, Linux gives a bridge the lowest MAC among its
+        // ports, so removing a container could change the gateway's MAC under the others'
+        // ARP caches.
+        host.set_mac(bridge.index, derived_mac("bridge", conf.bridge_name(), ""))?;
     }
     if conf.promisc_mode {
         host.set_promisc(bridge.index, true)?;
@@ -444,7 +448,7 @@ pub fn format_mac(mac: [u8; 6]) -> String {
 fn names(ctx: &Ctx) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     if ctx.conf.has_capability("aliases") {
-        names.extend(ctx.conf.runtime_config.aliases.iter().cloned());
+        names.extend(ctx.conf.aliases().iter().cloned());
     }
     if let Some(pod) = ctx.env.arg("K8S_POD_NAME") {
         names.push(pod.to_string());
