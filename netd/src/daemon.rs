@@ -4,7 +4,7 @@
 //! file), open the embedded store (its file lock refuses a second daemon on the same data
 //! directory), load the registry, create the default network and write conflists, bind the API
 //! socket (mode 0660, group `netd` when it exists), start the background tasks (lease expiry,
-//! health checks, attachment liveness, DNS names and listeners) and the API server, print one
+//! health checks, attachment liveness, DNS names and listeners, service VIPs) and the API server, print one
 //! line. On SIGTERM or
 //! ctrl-c: stop accepting, let in-flight requests finish (bounded), stop the background tasks,
 //! remove the socket.
@@ -29,7 +29,7 @@ use crate::registry::leases;
 use crate::registry::store::embedded::EmbeddedStore;
 use crate::registry::store::StoreError;
 use crate::registry::{Registry, RegistryConfig, RegistryError};
-use crate::{health, liveness};
+use crate::{health, liveness, vip};
 
 /// Settings of `netd up`.
 #[derive(Debug, Clone)]
@@ -52,6 +52,8 @@ pub struct DaemonOptions {
     pub netns_sweep_interval: Duration,
     /// DNS listeners and upstreams.
     pub dns: DnsOptions,
+    /// Program service VIPs (nf_tables) in the daemon's network namespace.
+    pub vip: bool,
 }
 
 /// The daemon could not start, or failed while running.
@@ -129,8 +131,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let sweep = tokio::spawn(liveness::run(
         registry.clone(),
         opts.netns_sweep_interval,
-        drain_rx,
+        drain_rx.clone(),
     ));
+    let vips = opts.vip.then(|| vip::start(registry.clone(), drain_rx));
 
     let snap = registry.snapshot();
     let nets: Vec<String> = snap
@@ -169,6 +172,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let _ = expiry.await;
     let _ = checks.await;
     let _ = sweep.await;
+    if let Some(vips) = vips {
+        let _ = vips.await;
+    }
     for task in dns_tasks {
         let _ = task.await;
     }

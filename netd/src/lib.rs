@@ -22,6 +22,7 @@ pub mod health;
 pub mod liveness;
 pub mod networks;
 pub mod registry;
+pub mod vip;
 
 /// Logs one line to stderr (the daemon's log goes to the journal when run by systemd).
 pub fn log(msg: &str) {

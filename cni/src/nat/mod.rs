@@ -36,6 +36,7 @@ mod nfnl;
 mod ruleset;
 #[cfg(test)]
 mod tests;
+pub mod vip;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -63,6 +63,9 @@ pub struct Args {
     /// nameservers of /etc/resolv.conf at startup.
     #[arg(long = "dns-upstream", value_name = "ADDR", value_parser = parse_upstream)]
     pub dns_upstream: Vec<SocketAddr>,
+    /// Do not program service VIPs (nf_tables table `inet netd-vip` in this network namespace).
+    #[arg(long)]
+    pub no_vip: bool,
 }
 
 /// An upstream resolver: `IP` (port 53) or `IP:PORT` / `[IPv6]:PORT`.
@@ -100,6 +103,7 @@ pub async fn run(socket: &Path, args: Args) -> Result<(), CliError> {
             network_dns: !args.no_network_dns,
             upstreams: (!args.dns_upstream.is_empty()).then_some(args.dns_upstream),
         },
+        vip: !args.no_vip,
     })
     .await?;
     Ok(())

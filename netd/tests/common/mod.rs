@@ -47,8 +47,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub data_dir: PathBuf,
     pub cni_dir: PathBuf,
-    /// Extra `netd up` arguments; by default `--no-network-dns`, so tests never listen on the
-    /// host's gateway addresses.
+    /// Extra `netd up` arguments: always `--no-vip`, and by default `--no-network-dns`, so
+    /// tests never touch the host's nf_tables or listen on its gateway addresses.
     pub up_args: Vec<String>,
     starts: usize,
     // Last so it is removed after the process is gone.
@@ -69,7 +69,12 @@ impl Daemon {
             data_dir: dir.0.join("data"),
             cni_dir: dir.0.join("cni"),
             child: None,
-            up_args: up_args.iter().map(ToString::to_string).collect(),
+            // These daemons run in the machine's own namespace: never let them program
+            // nf_tables there (VIPs are tested inside a throwaway namespace, tests/vip.rs).
+            up_args: std::iter::once("--no-vip")
+                .chain(up_args.iter().copied())
+                .map(ToString::to_string)
+                .collect(),
             starts: 0,
             dir,
         };
