@@ -15,8 +15,12 @@ use crate::ConfigError;
 
 /// Default bridge name when the configuration names none.
 pub const DEFAULT_BRIDGE: &str = "netd0";
-/// Default directory for attachment records and the built-in IPAM store.
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/netd";
+/// Default directory for attachment records and the built-in IPAM store: under `/run`, so it
+/// lives exactly as long as what it describes (veths, rules and namespaces do not survive a
+/// reboot either; netavark keeps its IPAM state in `/run` for the same reason), and on tmpfs,
+/// which keeps ADD flat as containers accumulate (on ext4, inode allocation for the state
+/// files grows with the directory).
+pub const DEFAULT_DATA_DIR: &str = "/run/cni/netd";
 
 /// One network configuration (a single plugin entry of a conflist, with `name` and
 /// `cniVersion` copied in by the runtime).
@@ -74,7 +78,7 @@ pub struct NetConf {
     /// netd extension: forbid traffic between this network and other netd networks.
     #[serde(default)]
     pub isolate: bool,
-    /// netd extension: where attachment records live (default `/var/lib/cni/netd`).
+    /// netd extension: where attachment records live (default `/run/cni/netd`).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
     /// IP address management.

@@ -28,8 +28,8 @@
 //! `podman rm web` below exercises that. Busybox wget runs without `-T` (Debian's static
 //! busybox segfaults with it).
 //!
-//! Not private: netd-cni's default `dataDir` (`/var/lib/cni/netd/<network>` and
-//! `/var/lib/cni/netd/ipam/<network>`, as netd's conflists do not set one; the network name is
+//! Not private: netd-cni's default `dataDir` (`/run/cni/netd/<network>` and
+//! `/run/cni/netd/ipam/<network>`, as netd's conflists do not set one; the network name is
 //! unique to the test and both directories are removed on drop, then the two parents if they are
 //! empty), libcni's result cache in
 //! `/var/lib/cni/results` and Podman's `/var/lib/containers/cache`, as in `podman.rs`.
@@ -53,7 +53,7 @@ const PAGE: &str = "netd-podman-dns-ok";
 const PODMAN_DEADLINE: Duration = Duration::from_secs(120);
 const CLI_DEADLINE: Duration = Duration::from_secs(30);
 /// netd-cni's default `dataDir`, which netd's conflists use.
-const CNI_DATA_DIR: &str = "/var/lib/cni/netd";
+const CNI_DATA_DIR: &str = "/run/cni/netd";
 
 /// The whole world of the test. Dropping it removes the containers, stops netd (by PID),
 /// unmounts what Podman left under the temp dir and removes the plugin's state for the
