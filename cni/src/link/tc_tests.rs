@@ -1,19 +1,19 @@
 //! Tests of the `bandwidth` shaping: the limits' validation and units, request encodings
 //! against what `tc` sends, and the real kernel in throwaway namespaces
-//! (`ip netns add netd-tc-<pid>-<n>`, deleted on drop), checked with `tc -j` and `ip -j`, down
+//! (the `TestNs` guard of `link::tests`, deleted on drop), checked with `tc -j` and `ip -j`, down
 //! to traffic really being slowed. Kernel tests need root, and a kernel with `ifb`, `tbf`,
 //! `ingress`, `u32` and `act_mirred`; without them they say so on stderr and pass.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::tc::{ifb_name, Bandwidth, Tbf};
+use super::tests::TestNs;
 use super::{LinkError, Netlink};
 use crate::netns::NetNs;
 
@@ -221,49 +221,7 @@ mod encoding {
     }
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-/// `ip netns add` sets up the `/run/netns` mount on first use; concurrent first uses race.
-static CREATE: Mutex<()> = Mutex::new(());
-
-/// Deletes the named namespace on drop.
-struct Registered(String);
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.0])
-            .status();
-    }
-}
-
-/// A throwaway named network namespace.
-struct TestNs {
-    ns: NetNs,
-    name: String,
-    _registered: Registered,
-}
-
 impl TestNs {
-    fn new() -> TestNs {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("netd-tc-{}-{n}", std::process::id());
-        {
-            let _serial = CREATE.lock().unwrap_or_else(|e| e.into_inner());
-            run("ip", &["netns", "add", &name]).expect("create a test namespace");
-        }
-        let registered = Registered(name.clone());
-        let ns = NetNs::open(format!("/run/netns/{name}")).expect("open the test namespace");
-        TestNs {
-            ns,
-            name,
-            _registered: registered,
-        }
-    }
-
-    fn netlink(&self) -> Netlink {
-        Netlink::open_in(&self.ns).expect("netlink socket in the test namespace")
-    }
-
     /// `<cmd> -n <ns> -j <args>` (`ip` or `tc`), parsed.
     fn json(&self, cmd: &str, args: &[&str]) -> Value {
         let mut all = vec!["-n", &self.name, "-j"];

@@ -30,39 +30,44 @@ impl Drop for Registered {
     }
 }
 
-/// A throwaway named network namespace.
-struct TestNs {
-    ns: NetNs,
-    name: Registered,
+/// A throwaway named network namespace (shared with the other test modules of `link`).
+pub(super) struct TestNs {
+    pub(super) ns: NetNs,
+    pub(super) name: String,
+    _registered: Registered,
 }
 
 impl TestNs {
-    fn new() -> TestNs {
+    pub(super) fn new() -> TestNs {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("netd-link-{}-{n}", std::process::id());
         {
             let _serial = CREATE.lock().unwrap_or_else(|e| e.into_inner());
             run("ip", &["netns", "add", &name]);
         }
-        let name = Registered(name);
-        let ns = NetNs::open(format!("/run/netns/{}", name.0)).expect("open the test namespace");
-        TestNs { ns, name }
+        let registered = Registered(name.clone());
+        let ns = NetNs::open(format!("/run/netns/{name}")).expect("open the test namespace");
+        TestNs {
+            ns,
+            name,
+            _registered: registered,
+        }
     }
 
-    fn netlink(&self) -> Netlink {
+    pub(super) fn netlink(&self) -> Netlink {
         Netlink::open_in(&self.ns).expect("netlink socket in the test namespace")
     }
 
     /// `ip -n <ns> -j <args>`.
     fn ip(&self, args: &[&str]) -> Value {
-        let mut all = vec!["-n", &self.name.0, "-j"];
+        let mut all = vec!["-n", &self.name, "-j"];
         all.extend_from_slice(args);
         json(&run("ip", &all))
     }
 
     /// `bridge -n <ns> -j <args>`.
     fn bridge(&self, args: &[&str]) -> Value {
-        let mut all = vec!["-n", &self.name.0, "-j"];
+        let mut all = vec!["-n", &self.name, "-j"];
         all.extend_from_slice(args);
         json(&run("bridge", &all))
     }
@@ -485,7 +490,7 @@ fn missing_links_and_errors_say_what_and_where() {
     assert_eq!(err.errno(), Some(libc::ENODEV));
     let text = err.to_string();
     assert!(
-        text.contains("index 999999") && text.contains(&t.name.0),
+        text.contains("index 999999") && text.contains(&t.name),
         "{text}"
     );
     assert_eq!(
