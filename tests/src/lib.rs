@@ -25,6 +25,7 @@ pub mod net;
 pub mod nft;
 pub mod ns;
 pub mod plugin;
+pub mod podman;
 pub mod poll;
 pub mod tmp;
 

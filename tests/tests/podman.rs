@@ -22,12 +22,11 @@
 //! Needs `podman`, `runc`, `conmon` and `busybox-static` (see `scripts/test`).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use netd_tests::net::{http_get, sa};
 use netd_tests::plugin::wait_bounded;
-use netd_tests::{poll, Host};
+use netd_tests::{podman, poll, Host};
 use serde_json::json;
 
 const IMAGE: &str = "localhost/netd-busybox:test";
@@ -44,35 +43,18 @@ struct Podman<'a> {
 
 impl<'a> Podman<'a> {
     fn new(host: &'a Host) -> Podman<'a> {
-        for tool in ["/usr/bin/podman", "/usr/bin/busybox"] {
-            assert!(
-                Path::new(tool).exists(),
-                "{tool} is missing: apt-get install podman runc busybox-static"
-            );
-        }
+        podman::require_tools();
         let dir = host.tmp.join("podman");
-        let bin = dir.join("cni-bin");
         let netconf = dir.join("net.d");
-        for d in [&bin, &netconf, &dir.join("storage")] {
-            std::fs::create_dir_all(d).expect("podman dirs");
-        }
-        std::os::unix::fs::symlink(host.plugin.path(), bin.join("netd-cni")).expect("symlink");
-        let conf = dir.join("containers.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[containers]\ndefault_ulimits = []\n\n\
-                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\n\
-                 [network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [{:?}, \"/usr/lib/cni\"]\n\
-                 network_config_dir = {:?}\n",
-                bin.display().to_string(),
-                netconf.display().to_string(),
-            ),
-        )
-        .expect("write containers.conf");
+        let conf = podman::prepare(&dir, host.plugin.path(), &netconf);
         let podman = Podman { host, dir, conf };
         podman.write_network(&netconf);
-        podman.import_image();
+        let tar = podman::busybox_rootfs_tar(
+            &podman.dir,
+            &["sh", "httpd", "nc", "sleep", "printf", "cat"],
+            PAGE,
+        );
+        podman.ok(&["import", &tar.display().to_string(), IMAGE]);
         podman
     }
 
@@ -92,47 +74,11 @@ impl<'a> Podman<'a> {
         std::fs::write(path, serde_json::to_vec_pretty(&list).expect("json")).expect("conflist");
     }
 
-    /// A one-layer image: static busybox, its applets, and a page for httpd.
-    fn import_image(&self) {
-        let root = self.dir.join("rootfs");
-        for d in ["bin", "www", "tmp", "etc"] {
-            std::fs::create_dir_all(root.join(d)).expect("rootfs");
-        }
-        std::fs::copy("/usr/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
-        for applet in ["sh", "httpd", "nc", "sleep", "printf", "cat"] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("applet");
-        }
-        std::fs::write(root.join("www/index.html"), PAGE).expect("page");
-        let tar = self.dir.join("rootfs.tar");
-        let ok = std::process::Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .expect("run tar");
-        assert!(ok.success(), "tar failed");
-        self.ok(&["import", &tar.display().to_string(), IMAGE]);
-    }
-
     /// Runs `podman <args>` inside the host namespace with the private configuration.
     fn run(&self, args: &[&str]) -> std::process::Output {
-        let storage = self.dir.join("storage");
-        let mut cmd = self.host.ns.command("podman");
-        cmd.env("CONTAINERS_CONF", &self.conf)
-            .arg("--root")
-            .arg(storage.join("root"))
-            .arg("--runroot")
-            .arg(storage.join("run"))
-            .arg("--tmpdir")
-            .arg(storage.join("tmp"))
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
-            .args(["--events-backend", "file"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = cmd.spawn().expect("cannot run podman");
+        let child = podman::command(&self.host.ns, &self.dir, &self.conf, args)
+            .spawn()
+            .expect("cannot run podman");
         wait_bounded(child, PODMAN_DEADLINE)
     }
 
@@ -170,26 +116,7 @@ impl Drop for Podman<'_> {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        unmount_under(&self.dir);
-    }
-}
-
-/// Lazily unmounts whatever is still mounted below `dir` (deepest first).
-fn unmount_under(dir: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let prefix = dir.display().to_string();
-    let mut points: Vec<&str> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(&prefix))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for p in points {
-        let _ = std::process::Command::new("umount")
-            .args(["-l", p])
-            .status();
+        podman::unmount_under(&self.dir);
     }
 }
 

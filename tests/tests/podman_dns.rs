@@ -45,7 +45,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use netd_tests::plugin::wait_bounded;
-use netd_tests::{poll, Network, Ns, Plugin, TempDir};
+use netd_tests::{podman, poll, Network, Ns, Plugin, TempDir};
 use serde_json::Value;
 
 const IMAGE: &str = "localhost/netd-busybox-dns:test";
@@ -71,12 +71,7 @@ struct World {
 
 impl World {
     fn new() -> World {
-        for tool in ["/usr/bin/podman", "/usr/bin/busybox"] {
-            assert!(
-                Path::new(tool).exists(),
-                "{tool} is missing: apt-get install podman runc busybox-static"
-            );
-        }
+        podman::require_tools();
         let plugin = Plugin::netd();
         let netd_bin = plugin.path().with_file_name("netd");
         assert!(
@@ -199,69 +194,20 @@ impl World {
     /// Private Podman configuration and storage, `netd-cni` in a private plugin dir, and the
     /// test image.
     fn setup_podman(&self, plugin: &Plugin) {
-        let bin = self.podman_dir.join("cni-bin");
-        for d in [
-            &bin,
-            &self.podman_dir.join("storage"),
-            &self.podman_net_dir(),
-        ] {
-            std::fs::create_dir_all(d).expect("podman dirs");
-        }
-        std::os::unix::fs::symlink(plugin.path(), bin.join("netd-cni")).expect("symlink");
-        std::fs::write(
-            &self.podman_conf,
-            format!(
-                "[containers]\ndefault_ulimits = []\n\n\
-                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\n\
-                 [network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [{:?}, \"/usr/lib/cni\"]\n\
-                 network_config_dir = {:?}\n",
-                bin.display().to_string(),
-                self.podman_net_dir().display().to_string(),
-            ),
-        )
-        .expect("write containers.conf");
-
-        let root = self.podman_dir.join("rootfs");
-        for d in ["bin", "www", "tmp", "etc"] {
-            std::fs::create_dir_all(root.join(d)).expect("rootfs");
-        }
-        std::fs::copy("/usr/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
-        for applet in ["sh", "httpd", "sleep", "nslookup", "wget", "cat"] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("applet");
-        }
-        std::fs::write(root.join("www/index.html"), PAGE).expect("page");
-        let tar = self.podman_dir.join("rootfs.tar");
-        let ok = std::process::Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .expect("run tar");
-        assert!(ok.success(), "tar failed");
+        let conf = podman::prepare(&self.podman_dir, plugin.path(), &self.podman_net_dir());
+        assert_eq!(conf, self.podman_conf, "containers.conf location");
+        let tar = podman::busybox_rootfs_tar(
+            &self.podman_dir,
+            &["sh", "httpd", "sleep", "nslookup", "wget", "cat"],
+            PAGE,
+        );
         self.podman_ok(&["import", &tar.display().to_string(), IMAGE]);
     }
 
     /// `podman <args>` in the namespace, private configuration, `NETD_SOCKET` set.
     fn podman(&self, args: &[&str]) -> std::process::Output {
-        let storage = self.podman_dir.join("storage");
-        let child = self
-            .ns
-            .command("podman")
-            .env("CONTAINERS_CONF", &self.podman_conf)
+        let child = podman::command(&self.ns, &self.podman_dir, &self.podman_conf, args)
             .env("NETD_SOCKET", &self.socket)
-            .arg("--root")
-            .arg(storage.join("root"))
-            .arg("--runroot")
-            .arg(storage.join("run"))
-            .arg("--tmpdir")
-            .arg(storage.join("tmp"))
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
-            .args(["--events-backend", "file"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("cannot run podman");
         wait_bounded(child, PODMAN_DEADLINE)
@@ -318,7 +264,7 @@ impl Drop for World {
             let _ = c.kill();
             let _ = c.wait();
         }
-        unmount_under(&self.podman_dir);
+        podman::unmount_under(&self.podman_dir);
         for dir in [
             Path::new(CNI_DATA_DIR).join(&self.net.name),
             Path::new(CNI_DATA_DIR).join("ipam").join(&self.net.name),
@@ -353,25 +299,6 @@ fn dechunk(mut body: &str) -> String {
         body = rest[n..].trim_start_matches("\r\n");
     }
     out
-}
-
-/// Lazily unmounts whatever is still mounted below `dir` (deepest first).
-fn unmount_under(dir: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let prefix = dir.display().to_string();
-    let mut points: Vec<&str> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(&prefix))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for p in points {
-        let _ = std::process::Command::new("umount")
-            .args(["-l", p])
-            .status();
-    }
 }
 
 /// Whether busybox `nslookup` output shows `ip` as an answer (not only the server's address).
