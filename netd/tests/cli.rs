@@ -105,7 +105,7 @@ fn services_and_endpoints_via_cli() {
     ]));
     assert!(text.contains("web.default.svc.netd.local:8080"), "{text}");
     assert!(text.contains("vip   10.96."), "{text}");
-    assert!(text.contains("port 9090"), "{text}");
+    assert!(text.contains("host  *:9090"), "{text}");
     ok(&d.cli(&[
         "expose",
         "web",
@@ -212,7 +212,7 @@ fn completions_and_help() {
     );
     let help = ok(&d.cli(&["expose", "--help"]));
     assert!(
-        help.contains("svc.netd.local") && help.contains("later release"),
+        help.contains("svc.netd.local") && help.contains("every address of this machine"),
         "{help}"
     );
 }

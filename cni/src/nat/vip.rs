@@ -9,14 +9,35 @@
 //!     meta nfproto ipv4 ip daddr . meta l4proto . th dport vmap @services4
 //!     meta nfproto ipv6 ip6 daddr . meta l4proto . th dport vmap @services6 }
 //! chain output { type nat hook output priority -110; (the same two rules) }
+//! map hostports4 { inet_proto . inet_service : verdict }            # published host ports
+//! map hostports6 { inet_proto . inet_service : verdict }
+//! chain prerouting { type nat hook prerouting priority -110;
+//!     meta nfproto ipv4 ip daddr . meta l4proto . th dport vmap @services4
+//!     meta nfproto ipv6 ip6 daddr . meta l4proto . th dport vmap @services6
+//!     meta nfproto ipv4 fib daddr type local meta l4proto . th dport vmap @hostports4
+//!     meta nfproto ipv6 fib daddr type local meta l4proto . th dport vmap @hostports6 }
+//! chain output { type nat hook output priority -110; (the same four rules) }
 //! # per service port n:
-//! map eps-<n> { integer : ipv4_addr . inet_service }                  # 0..N-1 -> endpoint
-//! chain svc-<n> { dnat ip to numgen random mod N map @eps-<n> }       # or: reject
+//! map eps-<n> { integer : ipv4_addr . inet_service }                  # slot -> endpoint
+//! chain svc-<n> { dnat ip to numgen random mod S map @eps-<n> }       # or: reject
 //! ```
+//!
+//! **Weights**: an endpoint of weight w holds w of the S slots of its map (weights divided by
+//! their greatest common divisor, and scaled down so that S stays at most [`MAX_SLOTS`]; every
+//! endpoint with a weight above 0 keeps at least one slot), so it receives w/S of the new
+//! connections. Weight 0 drains an endpoint: no new connections, established ones continue.
+//!
+//! **Host ports**: a service port with a host port is also reached on that port of every local
+//! address of the host (`fib daddr type local`), through the same per-service chain, so the
+//! published port balances exactly like the VIP. Connections from the host's own `127.0.0.1`
+//! to a container endpoint need the CNI plugin's `route_localnet` and localhost masquerade
+//! (present once a netd network exists); an endpoint on `127.0.0.1` (a host process) is
+//! reachable through the host port from the host itself, not from other machines (the kernel
+//! drops packets from outside translated to a loopback address).
 //!
 //! Per packet (the first of each connection: nat chains see only those) the cost is one hash
 //! lookup and, for a VIP, one random number and one more lookup: it does not grow with the
-//! number of services or endpoints. Priority -110 runs before the CNI plugin's port-map DNAT
+//! number of services, endpoints or weights. Priority -110 runs before the CNI plugin's port-map DNAT
 //! (-100). A service port without endpoints answers with a TCP reset (TCP) or an ICMP port
 //! unreachable (UDP), so clients fail fast instead of hanging.
 //!
@@ -33,7 +54,7 @@
 //! masquerade is added: endpoints reached from the host itself answer the host's source
 //! address, and containers on a netd bridge that reach an endpoint on the same bridge are
 //! masqueraded by the `netd` table's hairpin rule (`ct status dnat`). Endpoints whose family
-//! differs from the VIP's are ignored. Session affinity and weights are not implemented.
+//! differs from the VIP's are ignored. Session affinity is not implemented.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -74,6 +95,10 @@ const T_PROTO: u32 = 12;
 const T_PORT: u32 = 13;
 /// Elements per `NEWSETELEM` message.
 const ELEMS_PER_MSG: usize = 128;
+/// At most this many slots in a service port's endpoint map (see the module docs on weights).
+pub const MAX_SLOTS: u32 = 256;
+/// `RTN_LOCAL`, as `fib daddr type` reports it.
+const RTN_LOCAL: u32 = 2;
 
 /// Transport protocol of a VIP port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -119,9 +144,34 @@ impl std::fmt::Display for VipPort {
     }
 }
 
-/// The whole desired state: every VIP port and the endpoints it balances across (an empty
-/// list rejects).
-pub type Desired = BTreeMap<VipPort, Vec<SocketAddr>>;
+/// Where a VIP port sends new connections.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Target {
+    /// Endpoints and their weights; an empty list (or only weight 0) rejects.
+    pub endpoints: Vec<(SocketAddr, u32)>,
+    /// Also publish the port on this port of every local address of the host.
+    pub host_port: Option<u16>,
+}
+
+impl Target {
+    /// Endpoints of equal weight 1 and no host port.
+    pub fn even(endpoints: impl IntoIterator<Item = SocketAddr>) -> Self {
+        Target {
+            endpoints: endpoints.into_iter().map(|e| (e, 1)).collect(),
+            host_port: None,
+        }
+    }
+}
+
+/// The whole desired state: every VIP port and where it sends connections.
+pub type Desired = BTreeMap<VipPort, Target>;
+
+/// What the kernel holds for one service port: the endpoint map slots and the host port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Applied {
+    slots: Vec<SocketAddr>,
+    host_port: Option<u16>,
+}
 
 /// Errors of VIP programming.
 #[derive(Debug, thiserror::Error)]
@@ -157,9 +207,9 @@ pub struct SyncReport {
 /// The VIP table of the network namespace the socket was opened in.
 pub struct VipNat {
     sock: Socket,
-    /// What the kernel holds: service port -> (chain/map id, endpoints). `None` when unknown
+    /// What the kernel holds: service port -> (chain/map id, state). `None` when unknown
     /// (never synced, or the last sync failed): the next sync rebuilds.
-    applied: Option<BTreeMap<VipPort, (u32, Vec<SocketAddr>)>>,
+    applied: Option<BTreeMap<VipPort, (u32, Applied)>>,
     next_id: u32,
 }
 
@@ -197,7 +247,7 @@ impl VipNat {
         self.send(&batch)
     }
 
-    fn rebuild(&mut self, desired: &Desired) -> Result<SyncReport, VipError> {
+    fn rebuild(&mut self, desired: &BTreeMap<VipPort, Applied>) -> Result<SyncReport, VipError> {
         let mut attempt = 0;
         loop {
             let exists = self.table_exists()?;
@@ -207,10 +257,10 @@ impl VipNat {
             }
             bootstrap(&mut batch);
             let mut applied = BTreeMap::new();
-            for (id, (vp, eps)) in desired.iter().enumerate() {
+            for (id, (vp, want)) in desired.iter().enumerate() {
                 let id = id as u32;
-                add_service(&mut batch, id, vp, eps);
-                applied.insert(*vp, (id, eps.clone()));
+                add_service(&mut batch, id, vp, want);
+                applied.insert(*vp, (id, want.clone()));
             }
             match self.send(&batch) {
                 // Someone created the table between the check and the batch: look again.
@@ -234,8 +284,8 @@ impl VipNat {
 
     fn sync_diff(
         &mut self,
-        mut applied: BTreeMap<VipPort, (u32, Vec<SocketAddr>)>,
-        desired: &Desired,
+        mut applied: BTreeMap<VipPort, (u32, Applied)>,
+        desired: &BTreeMap<VipPort, Applied>,
     ) -> Result<SyncReport, VipError> {
         let mut batch = Batch::default();
         let mut report = SyncReport::default();
@@ -245,24 +295,40 @@ impl VipNat {
             .copied()
             .collect();
         for vp in removed {
-            if let Some((id, _)) = applied.remove(&vp) {
-                del_service(&mut batch, id, &vp);
+            if let Some((id, old)) = applied.remove(&vp) {
+                del_service(&mut batch, id, &vp, old.host_port);
                 report.removed += 1;
             }
         }
-        for (vp, eps) in desired {
+        // Host ports released by changed service ports go first, so another service port can
+        // take one over in the same batch.
+        for (vp, want) in desired {
+            if let Some((_, old)) = applied.get_mut(vp) {
+                if old.host_port != want.host_port {
+                    if let Some(hp) = old.host_port.take() {
+                        del_host_port(&mut batch, vp, hp);
+                    }
+                }
+            }
+        }
+        for (vp, want) in desired {
             match applied.get_mut(vp) {
-                Some((_, old)) if old == eps => {}
+                Some((_, old)) if old == want => {}
                 Some((id, old)) => {
-                    update_service(&mut batch, *id, vp, eps);
-                    *old = eps.clone();
+                    if old.slots != want.slots {
+                        update_service(&mut batch, *id, vp, &want.slots);
+                    }
+                    if let (None, Some(hp)) = (old.host_port, want.host_port) {
+                        add_host_port(&mut batch, *id, vp, hp);
+                    }
+                    *old = want.clone();
                     report.changed += 1;
                 }
                 None => {
                     let id = self.next_id;
                     self.next_id = self.next_id.wrapping_add(1);
-                    add_service(&mut batch, id, vp, eps);
-                    applied.insert(*vp, (id, eps.clone()));
+                    add_service(&mut batch, id, vp, want);
+                    applied.insert(*vp, (id, want.clone()));
                     report.added += 1;
                 }
             }
@@ -300,21 +366,56 @@ impl VipNat {
     }
 }
 
-/// Sorts and deduplicates endpoint lists and drops endpoints of the other address family.
-fn normalize(desired: &Desired) -> Desired {
+/// Turns each target into its slots (see [`slots`]) and drops host ports taken by an
+/// earlier service port of the same family and protocol (the registry refuses such
+/// duplicates; this keeps one bad state from failing the whole transaction).
+fn normalize(desired: &Desired) -> BTreeMap<VipPort, Applied> {
+    let mut taken = std::collections::BTreeSet::new();
     desired
         .iter()
-        .map(|(vp, eps)| {
-            let mut eps: Vec<SocketAddr> = eps
-                .iter()
-                .filter(|e| e.is_ipv4() == vp.vip.is_ipv4())
-                .copied()
-                .collect();
-            eps.sort();
-            eps.dedup();
-            (*vp, eps)
+        .map(|(vp, t)| {
+            let host_port = t
+                .host_port
+                .filter(|hp| taken.insert((vp.vip.is_ipv6(), vp.proto, *hp)));
+            let slots = slots(vp, &t.endpoints);
+            (*vp, Applied { slots, host_port })
         })
         .collect()
+}
+
+/// The endpoint map of a service port: every endpoint of the VIP's family with a weight above
+/// 0 (the first occurrence of a repeated address counts), repeated in proportion to its
+/// weight, at most [`MAX_SLOTS`] slots in all, sorted so equal inputs give equal maps.
+pub fn slots(vp: &VipPort, endpoints: &[(SocketAddr, u32)]) -> Vec<SocketAddr> {
+    let mut eps: Vec<(SocketAddr, u64)> = Vec::new();
+    for (e, w) in endpoints {
+        if *w > 0 && e.is_ipv4() == vp.vip.is_ipv4() && !eps.iter().any(|(x, _)| x == e) {
+            eps.push((*e, u64::from(*w)));
+        }
+    }
+    eps.sort();
+    let gcd = eps.iter().fold(0, |g, (_, w)| gcd(g, *w)).max(1);
+    let total: u64 = eps.iter().map(|(_, w)| w / gcd).sum();
+    let max = u64::from(MAX_SLOTS).max(eps.len() as u64);
+    let mut out = Vec::new();
+    for (e, w) in eps {
+        let w = w / gcd;
+        let n = if total <= max {
+            w
+        } else {
+            (w * max / total).max(1)
+        };
+        out.extend(std::iter::repeat_n(e, n as usize));
+    }
+    out
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 fn svc_chain(id: u32) -> String {
@@ -330,6 +431,14 @@ fn services_map(v6: bool) -> &'static str {
         "services6"
     } else {
         "services4"
+    }
+}
+
+fn host_ports_map(v6: bool) -> &'static str {
+    if v6 {
+        "hostports6"
+    } else {
+        "hostports4"
     }
 }
 
@@ -357,6 +466,11 @@ fn service_key(vp: &VipPort) -> Vec<u8> {
         &[vp.proto.number()],
         &vp.port.to_be_bytes(),
     ])
+}
+
+/// Key of a published host port in `hostports4`/`hostports6`: `proto . port`.
+fn host_port_key(proto: L4, port: u16) -> Vec<u8> {
+    concat(&[&[proto.number()], &port.to_be_bytes()])
 }
 
 /// Element `i` of an `eps-<n>` map: key `i` as numgen writes it (a host-order u32), value
@@ -417,6 +531,19 @@ fn bootstrap(batch: &mut Batch) {
                 a.be32(10, u32::from(v6) + 1);
             },
         );
+        let name = host_ports_map(v6);
+        batch.push(
+            msg::NEWSET,
+            INET,
+            NLM_F_CREATE,
+            format!("create map inet {TABLE} {name}"),
+            |a| {
+                a.str(1, TABLE).str(2, name).be32(3, SET_MAP);
+                a.be32(4, (T_PROTO << 6) | T_PORT).be32(5, 8);
+                a.be32(6, DATA_VERDICT);
+                a.be32(10, u32::from(v6) + 3);
+            },
+        );
     }
     for (chain, hook) in [("prerouting", 0u32), ("output", 3)] {
         batch.push(
@@ -453,7 +580,57 @@ fn bootstrap(batch: &mut Batch) {
                 },
             );
         }
+        for v6 in [false, true] {
+            let exprs = host_port_rule(v6);
+            batch.push(
+                msg::NEWRULE,
+                INET,
+                NLM_F_CREATE | NLM_F_APPEND,
+                format!("add host port rule to chain inet {TABLE} {chain}"),
+                |a| {
+                    a.str(1, TABLE).str(2, chain);
+                    a.nest(4, |list| {
+                        exprs.iter().for_each(|e| e.encode(list));
+                        expr(list, "lookup", |d| {
+                            d.str(1, host_ports_map(v6))
+                                .be32(2, REG32_00)
+                                .be32(3, REG_VERDICT);
+                        });
+                    });
+                },
+            );
+        }
     }
+}
+
+/// `meta nfproto <fam> fib daddr type local` and the key `meta l4proto . th dport` into
+/// `REG32_00..`; the vmap lookup follows.
+fn host_port_rule(v6: bool) -> Vec<Expr> {
+    vec![
+        Expr::Meta {
+            key: META_NFPROTO,
+            dreg: REG_1,
+        },
+        Expr::Cmp {
+            op: CMP_EQ,
+            data: vec![if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }],
+        },
+        Expr::FibDaddrType,
+        Expr::Cmp {
+            op: CMP_EQ,
+            data: RTN_LOCAL.to_ne_bytes().to_vec(),
+        },
+        Expr::Meta {
+            key: META_L4PROTO,
+            dreg: REG32_00,
+        },
+        Expr::Payload {
+            base: BASE_TRANSPORT,
+            offset: 2,
+            len: 2,
+            dreg: REG32_00 + 1,
+        },
+    ]
 }
 
 /// `meta nfproto <fam>` and the key `daddr . meta l4proto . th dport` into `REG32_00..`; the
@@ -492,8 +669,10 @@ fn dispatch_rule(v6: bool) -> Vec<Expr> {
     ]
 }
 
-/// Creates the endpoint map and chain of a service port and points the verdict map at it.
-fn add_service(batch: &mut Batch, id: u32, vp: &VipPort, eps: &[SocketAddr]) {
+/// Creates the endpoint map and chain of a service port and points the verdict map (and the
+/// host port map, with a host port) at it.
+fn add_service(batch: &mut Batch, id: u32, vp: &VipPort, want: &Applied) {
+    let eps = &want.slots;
     let v6 = vp.vip.is_ipv6();
     let map = eps_map(id);
     let chain = svc_chain(id);
@@ -546,6 +725,57 @@ fn add_service(batch: &mut Batch, id: u32, vp: &VipPort, eps: &[SocketAddr]) {
             });
         },
     );
+    if let Some(hp) = want.host_port {
+        add_host_port(batch, id, vp, hp);
+    }
+}
+
+/// Points host port `hp` (the service port's protocol) at the service port's chain.
+fn add_host_port(batch: &mut Batch, id: u32, vp: &VipPort, hp: u16) {
+    let map = host_ports_map(vp.vip.is_ipv6());
+    let chain = svc_chain(id);
+    batch.push(
+        msg::NEWSETELEM,
+        INET,
+        NLM_F_CREATE | NLM_F_EXCL,
+        format!("add host port {hp}/{} of {vp} to map {map}", vp.proto),
+        |a| {
+            a.str(1, TABLE).str(2, map);
+            a.nest(3, |list| {
+                list.nest(1, |e| {
+                    e.nest(1, |k| {
+                        k.bytes(1, &host_port_key(vp.proto, hp));
+                    });
+                    e.nest(2, |d| {
+                        d.nest(2, |v| {
+                            v.be32(1, GOTO as u32).str(2, &chain);
+                        });
+                    });
+                });
+            });
+        },
+    );
+}
+
+/// Removes host port `hp` of a service port from the host port map.
+fn del_host_port(batch: &mut Batch, vp: &VipPort, hp: u16) {
+    let map = host_ports_map(vp.vip.is_ipv6());
+    batch.push(
+        msg::DELSETELEM,
+        INET,
+        0,
+        format!("delete host port {hp}/{} of {vp} from map {map}", vp.proto),
+        |a| {
+            a.str(1, TABLE).str(2, map);
+            a.nest(3, |list| {
+                list.nest(1, |e| {
+                    e.nest(1, |k| {
+                        k.bytes(1, &host_port_key(vp.proto, hp));
+                    });
+                });
+            });
+        },
+    );
 }
 
 /// Replaces the endpoints and the rule of an existing service port.
@@ -566,11 +796,14 @@ fn update_service(batch: &mut Batch, id: u32, vp: &VipPort, eps: &[SocketAddr]) 
     add_rule(batch, &chain, &map, vp, eps.len());
 }
 
-/// Removes a service port: its verdict map element, then its chain and endpoint map.
-fn del_service(batch: &mut Batch, id: u32, vp: &VipPort) {
+/// Removes a service port: its verdict map elements, then its chain and endpoint map.
+fn del_service(batch: &mut Batch, id: u32, vp: &VipPort, host_port: Option<u16>) {
     let map = eps_map(id);
     let chain = svc_chain(id);
     let services = services_map(vp.vip.is_ipv6());
+    if let Some(hp) = host_port {
+        del_host_port(batch, vp, hp);
+    }
     batch.push(
         msg::DELSETELEM,
         INET,
@@ -744,52 +977,95 @@ mod tests {
         assert_eq!(names(&buf), ["reject"]);
     }
 
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
-    fn normalize_sorts_dedups_and_drops_other_family() {
-        let mut d = Desired::new();
-        d.insert(
-            vp("10.96.0.5:80"),
-            vec![
-                "10.0.0.2:1".parse().unwrap(),
-                "[fd00::2]:1".parse().unwrap(),
-                "10.0.0.1:1".parse().unwrap(),
-                "10.0.0.2:1".parse().unwrap(),
-            ],
-        );
-        let n = normalize(&d);
+    fn slots_sort_dedup_and_drop_other_family() {
+        let eps = [
+            (sa("10.0.0.2:1"), 1),
+            (sa("[fd00::2]:1"), 1),
+            (sa("10.0.0.1:1"), 1),
+            (sa("10.0.0.2:1"), 1),
+        ];
         assert_eq!(
-            n[&vp("10.96.0.5:80")],
-            vec![
-                "10.0.0.1:1".parse::<SocketAddr>().unwrap(),
-                "10.0.0.2:1".parse().unwrap()
-            ]
+            slots(&vp("10.96.0.5:80"), &eps),
+            [sa("10.0.0.1:1"), sa("10.0.0.2:1")]
+        );
+    }
+
+    #[test]
+    fn slots_follow_weights() {
+        let v = vp("10.96.0.5:80");
+        // Divided by the gcd: 20/40 -> 1/2.
+        let s = slots(&v, &[(sa("10.0.0.1:1"), 20), (sa("10.0.0.2:1"), 40)]);
+        assert_eq!(s, [sa("10.0.0.1:1"), sa("10.0.0.2:1"), sa("10.0.0.2:1")]);
+        // Weight 0 drains; all weights 0 means no slot (reject).
+        let s = slots(&v, &[(sa("10.0.0.1:1"), 0), (sa("10.0.0.2:1"), 3)]);
+        assert_eq!(s, [sa("10.0.0.2:1")]);
+        assert!(slots(&v, &[(sa("10.0.0.1:1"), 0)]).is_empty());
+        // Scaled down to at most MAX_SLOTS, every endpoint keeps a slot.
+        let s = slots(&v, &[(sa("10.0.0.1:1"), 1), (sa("10.0.0.2:1"), 100_000)]);
+        assert!(s.len() <= MAX_SLOTS as usize, "{}", s.len());
+        assert_eq!(s.iter().filter(|e| **e == sa("10.0.0.1:1")).count(), 1);
+        assert!(s.iter().filter(|e| **e == sa("10.0.0.2:1")).count() >= 250);
+    }
+
+    #[test]
+    fn a_host_port_is_kept_by_the_first_service_port_claiming_it() {
+        let mut d = Desired::new();
+        let t = |hp| Target {
+            endpoints: vec![(sa("10.0.0.1:1"), 1)],
+            host_port: Some(hp),
+        };
+        d.insert(vp("10.96.0.5:80"), t(8080));
+        d.insert(vp("10.96.0.6:80"), t(8080));
+        d.insert(vp("[fd00::6]:80"), t(8080));
+        let n = normalize(&d);
+        assert_eq!(n[&vp("10.96.0.5:80")].host_port, Some(8080));
+        assert_eq!(n[&vp("10.96.0.6:80")].host_port, None);
+        // The other family has its own host port map.
+        assert_eq!(n[&vp("[fd00::6]:80")].host_port, Some(8080));
+        assert_eq!(
+            host_port_key(L4::Udp, 8080),
+            [17, 0, 0, 0, 0x1f, 0x90, 0, 0]
         );
     }
 
     #[test]
     fn batches_create_update_and_delete_in_dependency_order() {
         let v = vp("10.96.0.5:80");
-        let eps: Vec<SocketAddr> = vec!["10.0.0.1:1".parse().unwrap()];
+        let want = Applied {
+            slots: vec![sa("10.0.0.1:1")],
+            host_port: Some(8080),
+        };
         let mut b = Batch::default();
-        add_service(&mut b, 7, &v, &eps);
+        add_service(&mut b, 7, &v, &want);
         let ops: Vec<_> = (0..b.len()).map(|i| b.op(i).to_string()).collect();
         assert!(ops[0].starts_with("create map inet netd-vip eps-7"));
         assert!(ops[1].starts_with("add endpoints"));
         assert!(ops[2].starts_with("create chain inet netd-vip svc-7"));
         assert!(ops[3].starts_with("add rule to chain inet netd-vip svc-7"));
         assert!(ops[4].starts_with("add 10.96.0.5:80/tcp to map services4"));
+        assert!(ops[5].starts_with("add host port 8080/tcp of 10.96.0.5:80/tcp to map hostports4"));
 
         let mut b = Batch::default();
-        del_service(&mut b, 7, &v);
+        del_service(&mut b, 7, &v, Some(8080));
         let ops: Vec<_> = (0..b.len()).map(|i| b.op(i).to_string()).collect();
-        assert!(ops[0].starts_with("delete 10.96.0.5:80/tcp from map services4"));
-        assert!(ops[1].starts_with("flush chain"));
-        assert!(ops[2].starts_with("delete chain"));
-        assert!(ops[3].starts_with("delete map"));
+        assert!(ops[0].starts_with("delete host port 8080/tcp"));
+        assert!(ops[1].starts_with("delete 10.96.0.5:80/tcp from map services4"));
+        assert!(ops[2].starts_with("flush chain"));
+        assert!(ops[3].starts_with("delete chain"));
+        assert!(ops[4].starts_with("delete map"));
 
         // No endpoints: no element message, a reject rule.
         let mut b = Batch::default();
-        add_service(&mut b, 8, &v, &[]);
+        let none = Applied {
+            slots: vec![],
+            host_port: None,
+        };
+        add_service(&mut b, 8, &v, &none);
         assert_eq!(b.len(), 4);
     }
 }

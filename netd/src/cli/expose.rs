@@ -37,14 +37,17 @@ Examples:
 --health-check applies to the whole service (every endpoint is probed); without it, a check
 the service already has is kept.
 
---host-port N is recorded with the service; netd publishes it on the host together with the
-service VIPs (nf_tables), which come in a later release.")]
+--host-port N also publishes the service on port N of every address of this machine
+(nf_tables, balanced like the VIP). A host port belongs to one service: it stays claimed
+after this process stops until `netd unexpose SVC`. An endpoint on 127.0.0.1 is reached
+through the host port from this machine only; use --address with a routable address to
+serve other machines.")]
 pub struct Args {
     /// Service name (a DNS label).
     pub service: String,
     /// Port the service listens on (also its port on the VIP).
     pub port: u16,
-    /// Also publish the service on this host port (recorded now; programmed with the VIP work).
+    /// Also publish the service on this port of every local address of this machine.
     #[arg(long, value_name = "N")]
     pub host_port: Option<u16>,
     /// Application protocol.
@@ -243,7 +246,7 @@ fn report(
     println!("  dns   {dns}:{}", args.port);
     println!("  vip   {}", std::net::SocketAddr::new(svc.vip, args.port));
     if let Some(h) = args.host_port {
-        println!("  host  port {h} (recorded; published on the host once netd programs VIPs)");
+        println!("  host  *:{h} (every address of this machine)");
     }
     if let Some(hc) = &svc.health_check {
         println!("  check {}", super::services::describe_check(hc));

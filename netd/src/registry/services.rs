@@ -28,6 +28,7 @@ impl Registry {
         spec.validate()?;
         let mut tx = self.begin().await;
         let key = service_key(&spec.namespace, &spec.name);
+        check_host_ports(tx.snapshot(), &key, &spec)?;
         let existing = tx.snapshot().services.get(&key).cloned();
         let vip = match &existing {
             Some(s) => s.vip,
@@ -187,4 +188,33 @@ fn stage_health_reset(tx: &mut super::WriteTxn, service_key: &str) {
         e.health = Health::Unknown;
         tx.put(Record::Endpoint(Arc::new(e)));
     }
+}
+
+/// A host port publishes one service port on every local address: it may appear once in the
+/// spec and must not be published by another service.
+fn check_host_ports(snap: &Snapshot, key: &str, spec: &ServiceSpec) -> Result<(), RegistryError> {
+    for (i, p) in spec.ports.iter().enumerate() {
+        let Some(hp) = p.host_port else { continue };
+        let field = Some(format!("ports[{i}].host_port"));
+        if spec.ports[..i].iter().any(|q| q.host_port == Some(hp)) {
+            return Err(RegistryError::Conflict {
+                message: format!("host port {hp} is given twice in this service: give each port its own host port"),
+                field,
+            });
+        }
+        let other = snap
+            .services
+            .values()
+            .find(|s| s.key() != key && s.ports.iter().any(|q| q.host_port == Some(hp)));
+        if let Some(other) = other {
+            return Err(RegistryError::Conflict {
+                message: format!(
+                    "host port {hp} is already published by service {}/{}: pick another --host-port or unexpose {}",
+                    other.namespace, other.name, other.name
+                ),
+                field,
+            });
+        }
+    }
+    Ok(())
 }

@@ -1,8 +1,10 @@
 //! Service VIPs: keeps the host's nf_tables VIP table (`table inet netd-vip`, see
 //! [`netd_cni::nat::vip`]) in step with the registry.
 //!
-//! Every service port `VIP:port` is balanced (per connection, uniformly at random) across the
-//! service's endpoints whose health is not `unhealthy` and whose weight is above 0. The task
+//! Every service port `VIP:port` is balanced per connection, at random in proportion to the
+//! endpoints' weights, across the service's endpoints whose health is not `unhealthy` (weight
+//! 0 takes no new connections). A port with a `host_port` is also published on that port of
+//! every local address of the host. The task
 //! follows registry revisions: after a change it waits [`DEBOUNCE`] so a burst of changes costs
 //! one transaction, builds the desired state from the snapshot and, when it differs from the
 //! last one applied, syncs it on a blocking thread (the nf_tables layer is synchronous). netd
@@ -13,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use netd_cni::nat::vip::{Desired, VipNat, VipPort, L4};
+use netd_cni::nat::vip::{Desired, Target, VipNat, VipPort, L4};
 use netd_config::netd::Health;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -30,11 +32,11 @@ pub const RETRY: Duration = Duration::from_secs(1);
 pub fn desired(snap: &Snapshot) -> Desired {
     let mut d = Desired::new();
     for svc in snap.services.values() {
-        let eps: Vec<SocketAddr> = snap
+        let eps: Vec<(SocketAddr, u32)> = snap
             .endpoints_of(&svc.key())
             .filter(|e| e.health != Health::Unhealthy && e.weight > 0)
             .filter(|e| e.address.is_ipv4() == svc.vip.is_ipv4())
-            .map(|e| SocketAddr::new(e.address, e.port))
+            .map(|e| (SocketAddr::new(e.address, e.port), e.weight))
             .collect();
         for p in &svc.ports {
             let key = VipPort {
@@ -42,7 +44,11 @@ pub fn desired(snap: &Snapshot) -> Desired {
                 proto: L4::Tcp,
                 port: p.port,
             };
-            d.insert(key, eps.clone());
+            let target = Target {
+                endpoints: eps.clone(),
+                host_port: p.host_port,
+            };
+            d.insert(key, target);
         }
     }
     d
