@@ -34,7 +34,7 @@ pub const GATEWAY_PORT: u16 = 53;
 /// Search domain handed to containers.
 pub const SEARCH_DOMAIN: &str = netd_config::netd::DEFAULT_DOMAIN;
 /// Shortest time between two snapshot rebuilds.
-pub const REBUILD_INTERVAL: Duration = Duration::from_millis(50);
+pub const REBUILD_INTERVAL: Duration = Duration::from_millis(20);
 
 /// DNS settings of `netd up`.
 #[derive(Debug, Clone, Default)]

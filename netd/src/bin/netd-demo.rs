@@ -1,0 +1,512 @@
+//! `netd-demo`: netd end to end in throwaway namespaces, then everything removed again.
+//!
+//! Builds a "host" namespace running `netd up` (embedded store, its own socket and
+//! directories) and two "container" namespaces, attaches both to netd's default network with
+//! the conflist netd wrote, exactly as a runtime would (the `netd-cni` binary, env vars,
+//! config on stdin), and shows what netd adds to plain networking: containers registered and
+//! resolvable by name through netd's DNS on the gateway, a container and a host process
+//! exposed as services reached by name and virtual IP, and a host port published by netd.
+//! Then it detaches the containers, stops netd and deletes the namespaces.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netd_cni::link::Netlink;
+use netd_cni::netns::NamedNetNs;
+use serde_json::{json, Value};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("netd-demo: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Res<()> {
+    let tag = std::process::id();
+    let netd = sibling("netd")?;
+    let plugin = sibling("netd-cni")?;
+    let dir = std::env::temp_dir().join(format!("netd-demo-{tag}"));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = RemoveDir(dir.clone());
+    let socket = dir.join("netd.sock");
+    println!("netd demo: netd and two containers in throwaway namespaces");
+
+    let host = NamedNetNs::create(&format!("netd-demo-host-{tag}"))?;
+    let web = NamedNetNs::create(&format!("netd-demo-web-{tag}"))?;
+    let client = NamedNetNs::create(&format!("netd-demo-client-{tag}"))?;
+    host.ns().run(|| Netlink::open()?.set_up(1))??;
+
+    // netd in the host namespace, on embedded defaults but with private paths.
+    let log = dir.join("netd.log");
+    let mut daemon = Daemon(Some(
+        in_ns(Command::new(&netd), host.ns().as_raw_fd())
+            .arg("--socket")
+            .arg(&socket)
+            .arg("up")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--cni-conf-dir")
+            .arg(dir.join("cni"))
+            .args(["--node", "demo"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::create(dir.join("netd.err"))?)
+            .spawn()?,
+    ));
+    let conflist = dir.join("cni").join("netd.conflist");
+    wait_for("netd to start", Duration::from_secs(20), || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok() && conflist.exists()
+    })
+    .map_err(|e| format!("{e}: {}", read(&dir.join("netd.err"))))?;
+    println!(
+        "  netd up: pid {}, socket {}",
+        daemon.pid(),
+        socket.display()
+    );
+
+    // The plugin's configuration is the one netd wrote for its default network.
+    let list: Value = serde_json::from_str(&std::fs::read_to_string(&conflist)?)?;
+    let mut conf = list["plugins"][0].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    conf["name"] = list["name"].clone();
+    conf["dataDir"] = json!(dir.join("cni-state"));
+    println!(
+        "  network {} ({}), conflist {}",
+        conf["name"].as_str().unwrap_or("?"),
+        conf["bridge"].as_str().unwrap_or("?"),
+        conflist.display()
+    );
+
+    let cni = Cni {
+        plugin: &plugin,
+        host: &host,
+        socket: &socket,
+        conf: &conf,
+    };
+    let (r1, t1) = cni.call("ADD", "demo-web", "web-1", &web)?;
+    let (r2, t2) = cni.call("ADD", "demo-client", "client", &client)?;
+    let web_ip = first_v4(&r1)?;
+    let gw: Ipv4Addr = r1["ips"][0]["gateway"]
+        .as_str()
+        .ok_or("result has no gateway")?
+        .parse()?;
+    let dns = r1["dns"]["nameservers"][0]
+        .as_str()
+        .ok_or("result has no dns nameserver")?
+        .parse::<IpAddr>()?;
+    println!(
+        "  ADD web-1  -> {} in {:.1} ms",
+        addrs(&r1),
+        t1.as_secs_f64() * 1e3
+    );
+    println!(
+        "  ADD client -> {} in {:.1} ms (DNS {dns})",
+        addrs(&r2),
+        t2.as_secs_f64() * 1e3
+    );
+
+    // Two servers: one in the web container, one a plain host process.
+    let web_srv = serve(&web, "0.0.0.0:80", "hello from web-1")?;
+    let host_srv = serve(&host, "0.0.0.0:7070", "hello from a host process")?;
+    let cli = |args: &[&str]| -> Res<String> {
+        let out = Command::new(&netd)
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "netd {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let web_addr = web_ip.to_string();
+    let gw_addr = gw.to_string();
+    cli(&[
+        "expose",
+        "web",
+        "80",
+        "--address",
+        &web_addr,
+        "--host-port",
+        "8080",
+        "--persist",
+    ])?;
+    cli(&[
+        "expose",
+        "hostapp",
+        "7070",
+        "--address",
+        &gw_addr,
+        "--persist",
+    ])?;
+    println!("  netd expose web 80 --address {web_ip} --host-port 8080 --persist");
+    println!("  netd expose hostapp 7070 --address {gw} --persist");
+    for line in cli(&["services"])?.lines() {
+        println!("    {line}");
+    }
+
+    let mut failures = 0;
+    let mut check = |what: &str, r: Res<String>| match r {
+        Ok(v) => println!("  {what:<44} => {}", v.trim()),
+        Err(e) => {
+            failures += 1;
+            println!("  {what:<44} => FAILED: {e}");
+        }
+    };
+    // netd's DNS follows the registry within a few tens of milliseconds: retry briefly.
+    let resolve = |name: &'static str| {
+        retry(|| {
+            client
+                .ns()
+                .run(move || query_a(SocketAddr::new(dns, 53), name))?
+        })
+    };
+    check(
+        "client resolves web-1 (container name)",
+        resolve("web-1").map(|ip| ip.to_string()),
+    );
+    let vip = resolve("web");
+    check("client resolves web (service VIP)", vip_str(&vip));
+    let hostapp = resolve("hostapp");
+    check("client resolves hostapp (service VIP)", vip_str(&hostapp));
+    // VIPs are programmed a few milliseconds after the registration: retry briefly.
+    if let Ok(vip) = vip {
+        check(
+            "client -> web:80 (VIP -> web-1)",
+            retry(|| {
+                client
+                    .ns()
+                    .run(move || fetch(SocketAddr::new(vip.into(), 80)))?
+            }),
+        );
+    }
+    if let Ok(vip) = hostapp {
+        check(
+            "client -> hostapp:7070 (VIP -> host process)",
+            retry(|| {
+                client
+                    .ns()
+                    .run(move || fetch(SocketAddr::new(vip.into(), 7070)))?
+            }),
+        );
+    }
+    check(
+        "host localhost:8080 (host port -> web-1)",
+        retry(|| host.ns().run(|| fetch("127.0.0.1:8080".parse()?))?),
+    );
+    check(
+        "client -> gateway:8080 (host port, hairpin)",
+        retry(|| {
+            client
+                .ns()
+                .run(move || fetch(SocketAddr::new(gw.into(), 8080)))?
+        }),
+    );
+    drop(web_srv);
+    drop(host_srv);
+
+    for (id, name, ns) in [
+        ("demo-web", "web-1", &web),
+        ("demo-client", "client", &client),
+    ] {
+        let (_, t) = cni.call("DEL", id, name, ns)?;
+        println!("  DEL {name} in {:.1} ms", t.as_secs_f64() * 1e3);
+    }
+    let status: Value = serde_json::from_str(&cli(&["status", "-o", "json"])?)?;
+    println!(
+        "  netd status: {} attachments, {} services, {} endpoints, revision {}",
+        status["attachments"], status["services"], status["endpoints"], status["revision"]
+    );
+    daemon.stop();
+    println!("  netd stopped; cleaning up namespaces and state");
+    if failures > 0 {
+        return Err(format!(
+            "{failures} check(s) failed; netd log:\n{}{}",
+            read(&log),
+            read(&dir.join("netd.err"))
+        )
+        .into());
+    }
+    println!("netd demo: all good");
+    Ok(())
+}
+
+/// Runs the plugin inside the host namespace, as a runtime on that host would, reporting to
+/// the demo's netd.
+struct Cni<'a> {
+    plugin: &'a Path,
+    host: &'a NamedNetNs,
+    socket: &'a Path,
+    conf: &'a Value,
+}
+
+impl Cni<'_> {
+    fn call(&self, cmd: &str, id: &str, name: &str, ns: &NamedNetNs) -> Res<(Value, Duration)> {
+        let mut child = in_ns(Command::new(self.plugin), self.host.ns().as_raw_fd());
+        child
+            .env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", ns.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .env("CNI_ARGS", format!("K8S_POD_NAME={name}"))
+            .env("NETD_SOCKET", self.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let start = Instant::now();
+        let mut proc = child.spawn()?;
+        proc.stdin
+            .take()
+            .ok_or("no stdin")?
+            .write_all(self.conf.to_string().as_bytes())?;
+        let out = proc.wait_with_output()?;
+        let took = start.elapsed();
+        let value: Value = if out.stdout.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&out.stdout)?
+        };
+        if !out.status.success() {
+            return Err(format!("{cmd} {id} failed: {value}").into());
+        }
+        Ok((value, took))
+    }
+}
+
+/// `cmd` will run in the network namespace `fd`.
+fn in_ns(mut cmd: Command, fd: RawFd) -> Command {
+    // SAFETY: setns is async-signal-safe and only affects the child after fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// A TCP server in `ns` answering every connection with `greeting` and the peer's address;
+/// it stops when dropped (its listener is shut down).
+struct Server(TcpListener);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: shutting down our own listening socket wakes the accept loop.
+        unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
+fn serve(ns: &NamedNetNs, addr: &'static str, greeting: &'static str) -> Res<Server> {
+    let listener = ns.ns().run(|| TcpListener::bind(addr))??;
+    let accept = listener.try_clone()?;
+    std::thread::spawn(move || {
+        for mut conn in accept.incoming().flatten() {
+            let peer = conn
+                .peer_addr()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default();
+            let _ = writeln!(conn, "{greeting} (you are {peer})");
+        }
+    });
+    Ok(Server(listener))
+}
+
+fn fetch(addr: SocketAddr) -> Res<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    if reply.is_empty() {
+        return Err(format!("{addr} closed without a reply").into());
+    }
+    Ok(format!("{addr}: {reply}"))
+}
+
+/// Up to 2 s of attempts, 50 ms apart (VIPs, host ports and DNS names follow the registry
+/// within a few tens of milliseconds).
+fn retry<T>(mut f: impl FnMut() -> Res<T>) -> Res<T> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn vip_str(r: &Res<Ipv4Addr>) -> Res<String> {
+    match r {
+        Ok(ip) => Ok(ip.to_string()),
+        Err(e) => Err(e.to_string().into()),
+    }
+}
+
+/// One DNS query for `name`'s A record over UDP, as a stub resolver with the conflist's
+/// search domain would send it (`name.netd.local`).
+fn query_a(server: SocketAddr, name: &str) -> Res<Ipv4Addr> {
+    let sock = UdpSocket::bind("0.0.0.0:0")?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let id = (std::process::id() as u16) ^ 0x5a5a;
+    let mut q = Vec::with_capacity(64);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    for label in name.split('.').chain(["netd", "local"]) {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
+    sock.send_to(&q, server)?;
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf)?;
+    parse_a(&buf[..n], id).ok_or_else(|| {
+        let rcode = buf.get(3).map_or(0, |b| b & 0x0f);
+        format!("no A record for {name} from {server} (rcode {rcode}, {n} bytes)").into()
+    })
+}
+
+/// The first A record of a response with id `id` and rcode NOERROR.
+fn parse_a(m: &[u8], id: u16) -> Option<Ipv4Addr> {
+    if m.len() < 12 || m[..2] != id.to_be_bytes() || m[3] & 0x0f != 0 {
+        return None;
+    }
+    let (qd, an) = (
+        u16::from_be_bytes([m[4], m[5]]),
+        u16::from_be_bytes([m[6], m[7]]),
+    );
+    let mut i = 12;
+    let skip_name = |mut i: usize| -> Option<usize> {
+        loop {
+            let len = *m.get(i)? as usize;
+            if len == 0 {
+                return Some(i + 1);
+            }
+            if len & 0xc0 == 0xc0 {
+                return Some(i + 2);
+            }
+            i += 1 + len;
+        }
+    };
+    for _ in 0..qd {
+        i = skip_name(i)? + 4;
+    }
+    for _ in 0..an {
+        i = skip_name(i)?;
+        let rr = m.get(i..i + 10)?;
+        let (ty, len) = (
+            u16::from_be_bytes([rr[0], rr[1]]),
+            u16::from_be_bytes([rr[8], rr[9]]) as usize,
+        );
+        let data = m.get(i + 10..i + 10 + len)?;
+        if ty == 1 && len == 4 {
+            return Some(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+        }
+        i += 10 + len;
+    }
+    None
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Res<()> {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        if Instant::now() >= deadline {
+            return Err(format!("timed out waiting for {what}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn first_v4(result: &Value) -> Res<Ipv4Addr> {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .find(|a| !a.contains(':'))
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| "result has no IPv4 address".into())
+}
+
+fn addrs(result: &Value) -> String {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A binary next to this one (all are built by `cargo build --workspace --bins`).
+fn sibling(name: &str) -> Res<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    if !path.is_file() {
+        return Err(format!(
+            "{} not found: build everything with `cargo build --release --workspace --bins`",
+            path.display()
+        )
+        .into());
+    }
+    Ok(path)
+}
+
+/// The demo's netd: stopped with SIGTERM (then killed) when the demo ends, however it ends.
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        // SAFETY: signalling the child we started, by its PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
