@@ -33,6 +33,7 @@ servers pinned to CPU 0 and dnsperf to CPU 1. Needs dnsmasq, dnsperf and taskset
 
 options:
   --duration SECS    measured dnsperf seconds per server        (default 10)
+  --rate QPS         query rate of the latency run (percentiles) (default 20000, 5 s)
   --names N          container names in the zone                (default 1000)
   --quick            smoke run: 2 s per server (explicit flags still win)
   --json PATH        also write the results as JSON to PATH
@@ -80,6 +81,10 @@ pub struct Options {
     pub json: Option<PathBuf>,
     /// Servers to run, in order.
     pub servers: Vec<Server>,
+    /// Query rate of the latency run (queries/s).
+    pub rate: u32,
+    /// Length of the latency run.
+    pub rate_duration: Duration,
 }
 
 impl Options {
@@ -92,10 +97,13 @@ impl Options {
             quick: false,
             json: None,
             servers: vec![Server::Netd, Server::Dnsmasq],
+            rate: 20_000,
+            rate_duration: Duration::from_secs(5),
         };
         if args.iter().any(|a| a == "--quick") {
             o.quick = true;
             o.duration = Duration::from_secs(2);
+            o.rate_duration = Duration::from_secs(1);
         }
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
@@ -122,6 +130,14 @@ impl Options {
                         .ok_or(format!("--names {v:?}: expected a number in 10..=60000"))?;
                 }
                 "--json" => o.json = Some(PathBuf::from(value("--json")?)),
+                "--rate" => {
+                    let v = value("--rate")?;
+                    o.rate = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (100..=200_000).contains(n))
+                        .ok_or(format!("--rate {v:?}: expected queries/s in 100..=200000"))?;
+                }
                 "--tools" => {
                     o.servers.clear();
                     for t in value("--tools")?.split(',') {
@@ -250,6 +266,46 @@ pub fn parse_dnsperf(out: &str) -> Result<Perf, String> {
     Ok(p)
 }
 
+/// Latency percentiles of the fixed-rate run, seconds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Latency {
+    /// Answers counted.
+    pub answered: u64,
+    /// Queries sent and not answered.
+    pub lost: u64,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Slowest answer.
+    pub max: f64,
+}
+
+/// Per-query latencies from `dnsperf -v` output (`> RCODE name type seconds` lines) and the
+/// summary's lost count.
+pub fn parse_verbose(out: &str) -> Result<Latency, String> {
+    let mut lat: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("> "))
+        .filter_map(|l| l.split_whitespace().last()?.parse().ok())
+        .collect();
+    if lat.is_empty() {
+        return Err("no per-query lines in dnsperf -v output".into());
+    }
+    lat.sort_by(f64::total_cmp);
+    let p = |q| crate::stats::percentile(&lat, q).unwrap_or(f64::NAN);
+    Ok(Latency {
+        answered: lat.len() as u64,
+        lost: parse_dnsperf(out).map_or(0, |s| s.lost),
+        p50: p(50.0),
+        p99: p(99.0),
+        p999: p(99.9),
+        max: lat[lat.len() - 1],
+    })
+}
+
 /// One server's figures.
 #[derive(Debug, Clone, Default)]
 pub struct ServerReport {
@@ -257,6 +313,8 @@ pub struct ServerReport {
     pub key: &'static str,
     /// dnsperf's figures.
     pub perf: Option<Perf>,
+    /// Latency percentiles at the fixed rate.
+    pub latency: Option<Latency>,
     /// RSS after startup and one query, KiB.
     pub rss_idle_kib: Option<u64>,
     /// RSS right after the load, KiB.
@@ -549,8 +607,48 @@ fn measure(
         ));
     }
     report.perf = Some(parse_dnsperf(&stdout)?);
+    report.latency = Some(latency_run(opts, tools, port, queries)?);
     drop(running);
     Ok(())
+}
+
+/// dnsperf at a fixed rate with per-query output: the latency percentiles a client sees when
+/// the server is not saturated.
+fn latency_run(
+    opts: &Options,
+    tools: &Tools,
+    port: u16,
+    queries: &Path,
+) -> Result<Latency, String> {
+    eprintln!(
+        "netd-bench: latency run at {} queries/s for {} s",
+        opts.rate,
+        opts.rate_duration.as_secs()
+    );
+    let child = Command::new(&tools.taskset)
+        .args(["-c", LOAD_CPU])
+        .arg(&tools.dnsperf)
+        .args(["-s", "127.0.0.1", "-p", &port.to_string(), "-d"])
+        .arg(queries)
+        .args(["-l", &opts.rate_duration.as_secs().to_string()])
+        .args(["-Q", &opts.rate.to_string(), "-c", "1", "-q", "100", "-v"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting dnsperf: {e}"))?;
+    let _watch = guard::watch_child(child.id(), opts.rate_duration + Duration::from_secs(60));
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("dnsperf: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "dnsperf (latency run) failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    parse_verbose(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// How a row's values are printed.
@@ -588,6 +686,18 @@ fn rows(reports: &[ServerReport]) -> Vec<Row> {
         row("max latency (ms)", Kind::Ms, &perf(|p| p.max * 1e3)),
         row("latency stddev (ms)", Kind::Ms, &perf(|p| p.stddev * 1e3)),
         row("queries lost", Kind::Count, &perf(|p| p.lost as f64)),
+        row("p50 at fixed rate (ms)", Kind::Ms, &|r: &ServerReport| {
+            r.latency.as_ref().map(|l| l.p50 * 1e3)
+        }),
+        row("p99 at fixed rate (ms)", Kind::Ms, &|r: &ServerReport| {
+            r.latency.as_ref().map(|l| l.p99 * 1e3)
+        }),
+        row("p99.9 at fixed rate (ms)", Kind::Ms, &|r: &ServerReport| {
+            r.latency.as_ref().map(|l| l.p999 * 1e3)
+        }),
+        row("lost at fixed rate", Kind::Count, &|r: &ServerReport| {
+            r.latency.as_ref().map(|l| l.lost as f64)
+        }),
         row("NXDOMAIN answers (%)", Kind::Pct, &|r: &ServerReport| {
             let p = r.perf.as_ref()?;
             let nx = p
@@ -634,9 +744,11 @@ fn table(opts: &Options, rows: &[Row], reports: &[ServerReport], dnsmasq_version
     let _ = writeln!(
         out,
         "\nnetd-bench dns: netd-dns vs {dnsmasq_version}, {} names + 10% unknown (NXDOMAIN), \
-         dnsperf UDP, 100 outstanding, {} s each",
+         dnsperf UDP, 100 outstanding, {} s each; percentiles from a {} s run at {} queries/s",
         opts.names,
-        opts.duration.as_secs()
+        opts.duration.as_secs(),
+        opts.rate_duration.as_secs(),
+        opts.rate
     );
     let _ = writeln!(
         out,
@@ -696,10 +808,17 @@ fn json_doc(opts: &Options, rows: &[Row], reports: &[ServerReport]) -> Value {
                     "rcodes": p.rcodes.iter().map(|(c, n)| (c.clone(), json!(n))).collect::<Map<_, _>>(),
                 })
             });
+            let latency = r.latency.as_ref().map(|l| {
+                json!({
+                    "answered": l.answered, "lost": l.lost, "p50_s": l.p50,
+                    "p99_s": l.p99, "p999_s": l.p999, "max_s": l.max,
+                })
+            });
             (
                 r.key.to_string(),
                 json!({
                     "dnsperf": perf,
+                    "latency": latency,
                     "rss_idle_kib": r.rss_idle_kib,
                     "rss_after_kib": r.rss_after_kib,
                     "rss_peak_kib": r.rss_peak_kib,
@@ -713,6 +832,8 @@ fn json_doc(opts: &Options, rows: &[Row], reports: &[ServerReport]) -> Value {
         "benchmark": "dns",
         "names": opts.names,
         "duration_s": opts.duration.as_secs(),
+        "rate_qps": opts.rate,
+        "rate_duration_s": opts.rate_duration.as_secs(),
         "server_cpu": SERVER_CPU,
         "load_cpu": LOAD_CPU,
         "summary": summary,
@@ -891,5 +1012,19 @@ Statistics:
         assert!((p.max - 0.012_345).abs() < 1e-12);
         assert_eq!(p.rcodes[1], ("NXDOMAIN".to_string(), 112_228));
         assert!(parse_dnsperf("nothing").is_err());
+    }
+
+    #[test]
+    fn parses_verbose_latencies() {
+        let mut out = String::from("[Status] Sending queries\n");
+        for i in 1..=1000 {
+            out.push_str(&format!("> NOERROR n{i}.netd.local A 0.{i:06}\n"));
+        }
+        let l = parse_verbose(&out).unwrap();
+        assert_eq!(l.answered, 1000);
+        assert!((l.p50 - 0.000500).abs() < 2e-6, "{l:?}");
+        assert!((l.p99 - 0.000990).abs() < 2e-6, "{l:?}");
+        assert_eq!(l.max, 0.001);
+        assert!(parse_verbose("nothing").is_err());
     }
 }
