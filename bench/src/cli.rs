@@ -8,6 +8,9 @@ use std::time::Duration;
 pub const USAGE: &str = "\
 usage: netd-bench cni [options]
        netd-bench dns [options]   (netd-dns vs dnsmasq; see netd-bench dns --help)
+       netd-bench registry [options]
+                                  (the netd daemon's registry: writes/s, watch latency, RSS;
+                                   see netd-bench registry --help)
 
 Compares netd-cni with the reference chain bridge + host-local + portmap, side by side,
 inside throwaway network namespaces. Run as root.

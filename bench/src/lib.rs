@@ -18,6 +18,10 @@
 //!
 //! The `dns` benchmark ([`dns`]) compares netd's DNS server (`netd-dns`, run by the same
 //! binary's `dns-server` mode) with dnsmasq under dnsperf, on loopback.
+//!
+//! The `registry` benchmark ([`registry`]) measures the netd daemon itself through its API:
+//! registration throughput, watch propagation latency and RSS, with `netd up` inside a
+//! throwaway network namespace.
 
 pub mod attach;
 pub mod cli;
@@ -26,6 +30,7 @@ pub mod datapath;
 pub mod dns;
 pub mod guard;
 pub mod netns;
+pub mod registry;
 pub mod report;
 pub mod runner;
 pub mod scratch;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use netd_bench::cli::{Options, Tool, USAGE};
 use netd_bench::scratch::Scratch;
-use netd_bench::{dns, guard, report, runner, tools};
+use netd_bench::{dns, guard, registry, report, runner, tools};
 
 fn main() -> ExitCode {
     // The DNS server helper is a plain long-running child: no signal thread, no scratch.
@@ -25,6 +25,7 @@ fn main() -> ExitCode {
     match args.next().as_deref() {
         Some("cni") => {}
         Some("dns") => return dns_main(args),
+        Some("registry") => return registry_main(args),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -69,6 +70,29 @@ fn dns_main(args: impl Iterator<Item = String>) -> ExitCode {
         }
     };
     match dns::run(&opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("netd-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `registry` subcommand: options, run, exit status.
+fn registry_main(args: impl Iterator<Item = String>) -> ExitCode {
+    if std::env::args().any(|a| a == "-h" || a == "--help") {
+        print!("{}", registry::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let opts = match registry::Options::parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("netd-bench: {e}\n\n{}", registry::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match registry::run(&opts) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
