@@ -23,6 +23,15 @@ impl Registry {
         self: &Arc<Self>,
         spec: AttachmentSpec,
     ) -> Result<Arc<Attachment>, RegistryError> {
+        spec.validate()?;
+        self.retry_conflicts(|| self.attach_once(spec.clone()))
+            .await
+    }
+
+    async fn attach_once(
+        self: &Arc<Self>,
+        spec: AttachmentSpec,
+    ) -> Result<Arc<Attachment>, RegistryError> {
         let valid = spec.validate()?;
         let mut tx = self.begin().await;
         if !tx.snapshot().networks.contains_key(&spec.network) {
@@ -127,6 +136,15 @@ impl Registry {
         container_id: &str,
         ifname: &str,
     ) -> Result<Deleted, RegistryError> {
+        self.retry_conflicts(|| self.detach_once(container_id, ifname))
+            .await
+    }
+
+    async fn detach_once(
+        self: &Arc<Self>,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Deleted, RegistryError> {
         let key = attachment_key(container_id, ifname);
         let mut tx = self.begin().await;
         let Some(att) = tx.snapshot().attachments.get(&key).cloned() else {
@@ -141,6 +159,13 @@ impl Registry {
     /// dead) with their endpoints, in one transaction. An attachment changed since (re-added by
     /// a new CNI ADD, so a different revision) is left alone. Returns the removed attachments.
     pub async fn detach_gone(
+        self: &Arc<Self>,
+        gone: &[(String, u64)],
+    ) -> Result<Vec<Arc<Attachment>>, RegistryError> {
+        self.retry_conflicts(|| self.detach_gone_once(gone)).await
+    }
+
+    async fn detach_gone_once(
         self: &Arc<Self>,
         gone: &[(String, u64)],
     ) -> Result<Vec<Arc<Attachment>>, RegistryError> {
