@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use common::{cli, eventually, ok, stderr, wait_until, TempDir, BIN};
 use netd::client::Client;
-use netd_config::netd::{EndpointSpec, Event, Object, ServicePort, ServiceSpec, Status};
+use netd_config::netd::{
+    AttachmentSpec, EndpointSpec, Event, Object, ServicePort, ServiceSpec, Status,
+};
 
 /// Generous bound for anything that crosses etcd and a watch.
 const SEEN: Duration = Duration::from_secs(20);
@@ -148,6 +150,10 @@ struct Node {
 
 impl Node {
     fn start(name: &str, store: &str) -> Self {
+        Self::start_with(name, store, &[])
+    }
+
+    fn start_with(name: &str, store: &str, extra: &[&str]) -> Self {
         let dir = TempDir::new(&format!("etcd-node-{name}"));
         let socket = dir.0.join("netd.sock");
         let log = File::create(dir.0.join("netd.log")).expect("log");
@@ -162,6 +168,7 @@ impl Node {
             .args(["--node", name, "--store", store])
             // The machine's own namespace: no nf_tables, no DNS on gateway addresses.
             .args(["--no-vip", "--no-network-dns"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -483,6 +490,64 @@ async fn one_etcd_member_down_changes_nothing() {
     assert_eq!(endpoint_ids(&cb, "before").await, ["10.1.0.1:80"]);
     let s = cb.status().await.unwrap();
     assert_eq!((s.services, s.endpoints), (3, 2));
+}
+
+fn attachment(id: &str, ip: &str) -> AttachmentSpec {
+    AttachmentSpec {
+        container_id: id.into(),
+        ifname: "eth0".into(),
+        network: "netd".into(),
+        // A namespace path that exists nowhere: only the reporting node may judge it.
+        netns: format!("/nonexistent/netd-etcd-test/{id}"),
+        ips: vec![ip.into()],
+        names: vec![format!("ctr-{id}")],
+        service: Some("db:5432".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_are_judged_only_by_their_own_node() {
+    let etcd = EtcdCluster::start("liveness");
+    // A sweeps for dead containers once an hour, B ten times a second.
+    let a = Node::start_with("node-a", &etcd.url(), &["--netns-sweep-ms", "3600000"]);
+    let b = Node::start_with("node-b", &etcd.url(), &["--netns-sweep-ms", "100"]);
+    let (ca, cb) = (a.client(), b.client());
+
+    let on_a = ca
+        .attach(&attachment("aaaa1111", "10.89.0.5"))
+        .await
+        .unwrap();
+    assert_eq!(on_a.node, "node-a");
+    assert!(
+        eventually(SEEN, || async {
+            cb.attachments().await.unwrap().len() == 1
+        })
+        .await
+    );
+    assert_eq!(endpoint_ids(&cb, "db").await, ["10.89.0.5:5432"]);
+
+    // B's sweep does remove B's own attachment whose namespace is gone...
+    cb.attach(&attachment("bbbb2222", "10.89.0.6"))
+        .await
+        .unwrap();
+    assert!(
+        eventually(SEEN, || async {
+            let atts = cb.attachments().await.unwrap();
+            atts.len() == 1 && atts[0].container_id == "aaaa1111"
+        })
+        .await,
+        "B's sweep did not remove B's dead container: {:?}",
+        cb.attachments().await
+    );
+    // ...and has run many times since A's attachment arrived, without touching it: the path
+    // is A's to judge.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for c in [&ca, &cb] {
+        let atts = c.attachments().await.unwrap();
+        assert_eq!(atts.len(), 1, "{atts:?}");
+        assert_eq!(atts[0].container_id, "aaaa1111");
+    }
+    assert_eq!(endpoint_ids(&ca, "db").await, ["10.89.0.5:5432"]);
 }
 
 #[test]

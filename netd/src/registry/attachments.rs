@@ -119,6 +119,7 @@ impl Registry {
             names: spec.names,
             services: valid.services,
             endpoints: endpoint_keys,
+            node: self.config.node.clone(),
             revision: 0,
         })));
         let done = tx.commit().await?;
@@ -157,7 +158,9 @@ impl Registry {
 
     /// Removes the attachments in `gone` (key and the revision at which its owner was found
     /// dead) with their endpoints, in one transaction. An attachment changed since (re-added by
-    /// a new CNI ADD, so a different revision) is left alone. Returns the removed attachments.
+    /// a new CNI ADD, so a different revision) is left alone, and so, with a shared store, is
+    /// one reported to another node: its namespace path means something on that machine only.
+    /// Returns the removed attachments.
     pub async fn detach_gone(
         self: &Arc<Self>,
         gone: &[(String, u64)],
@@ -173,7 +176,12 @@ impl Registry {
         let mut removed = Vec::new();
         for (key, revision) in gone {
             match tx.snapshot().attachments.get(key) {
-                Some(att) if att.revision == *revision => removed.push(att.clone()),
+                Some(att)
+                    if att.revision == *revision
+                        && (!self.is_shared() || att.node == self.config.node) =>
+                {
+                    removed.push(att.clone())
+                }
                 _ => {}
             }
         }
