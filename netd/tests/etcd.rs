@@ -230,6 +230,29 @@ fn endpoint(address: &str, port: u16, lease: Option<u64>) -> EndpointSpec {
     .expect("endpoint spec")
 }
 
+/// Keeps lease `id` alive through `node` every 500 ms (as `netd expose` does) until the
+/// returned sender says stop; the task fails if a keepalive is refused.
+fn keep_alive(
+    node: &Client,
+    id: u64,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let node = node.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            node.keepalive(id).await.expect("keepalive");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stopped.changed() => return,
+            }
+        }
+    });
+    (stop, task)
+}
+
 /// Endpoint ids of `default/svc` as `node` sees them.
 async fn endpoint_ids(node: &Client, svc: &str) -> Vec<String> {
     let mut ids: Vec<String> = node
@@ -363,10 +386,12 @@ async fn a_dead_nodes_leased_endpoints_expire_on_the_other() {
     let mut a = Node::start("node-a", &etcd.url());
     let b = Node::start("node-b", &etcd.url());
     let (ca, cb) = (a.client(), b.client());
-    const TTL: u64 = 3;
+    const TTL: u64 = 4;
 
     ca.put_service(&service("api", 80)).await.unwrap();
     let lease = ca.grant_lease(TTL).await.unwrap();
+    // While a client keeps the lease alive through A, A keeps it alive in etcd.
+    let (stop, keeper) = keep_alive(&ca, lease.id);
     ca.register_endpoint("default", "api", &endpoint("10.1.0.1", 80, Some(lease.id)))
         .await
         .unwrap();
@@ -379,15 +404,12 @@ async fn a_dead_nodes_leased_endpoints_expire_on_the_other() {
         })
         .await
     );
-
-    // While a client keeps the lease alive through A, A keeps it alive in etcd: after three
-    // TTLs it still exists, on both nodes.
-    for _ in 0..(3 * TTL * 2) {
-        ca.keepalive(lease.id).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // Two TTLs later it still exists, on both nodes.
+    tokio::time::sleep(Duration::from_secs(2 * TTL)).await;
     assert!(cb.leases().await.unwrap().iter().any(|l| l.id == lease.id));
     assert_eq!(endpoint_ids(&cb, "api").await.len(), 2);
+    stop.send(true).unwrap();
+    keeper.await.expect("the lease stayed alive");
 
     // A dies: nobody keeps the lease alive, etcd expires it, B drops the leased endpoint and
     // keeps the other.
@@ -441,6 +463,8 @@ async fn one_etcd_member_down_changes_nothing() {
     let (ca, cb) = (a.client(), b.client());
     ca.put_service(&service("before", 80)).await.unwrap();
     let lease = ca.grant_lease(3).await.unwrap();
+    // A client keeps the lease alive through A all along.
+    let (stop, keeper) = keep_alive(&ca, lease.id);
     ca.register_endpoint(
         "default",
         "before",
@@ -482,11 +506,11 @@ async fn one_etcd_member_down_changes_nothing() {
         .await
     );
 
-    // The lease is still kept alive through the remaining members.
-    for _ in 0..12 {
-        ca.keepalive(lease.id).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // A keeps the lease alive in etcd through the remaining members: two TTLs later the
+    // leased endpoint is still there.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.send(true).unwrap();
+    keeper.await.expect("the lease stayed alive");
     assert_eq!(endpoint_ids(&cb, "before").await, ["10.1.0.1:80"]);
     let s = cb.status().await.unwrap();
     assert_eq!((s.services, s.endpoints), (3, 2));

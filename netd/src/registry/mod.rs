@@ -139,7 +139,20 @@ pub struct Registry {
 pub const APPLY_WAIT: Duration = Duration::from_secs(10);
 
 /// How many times an operation runs when other nodes keep committing first.
-pub const CONFLICT_ATTEMPTS: u32 = 8;
+pub const CONFLICT_ATTEMPTS: u32 = 10;
+
+/// A random pause before attempt `tries + 1`, up to 5 ms × 2^tries (at most 250 ms), so two
+/// nodes that keep colliding drift apart instead of colliding again in lock step.
+fn conflict_backoff(tries: u32) -> Duration {
+    let cap = (5u64 << tries.min(6)).min(250);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    // A cheap mix of the clock and the process id; only needs to differ between nodes.
+    let seed =
+        u64::from(nanos ^ std::process::id().rotate_left(16)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    Duration::from_millis((seed >> 32) % (cap + 1))
+}
 
 /// A write in progress: holds the write lock; nothing is visible until [`WriteTxn::commit`].
 pub struct WriteTxn {
@@ -430,9 +443,7 @@ impl Registry {
                         .into());
                     }
                     self.wait_applied(stored).await?;
-                    // Spread competing writers apart a little (0-15 ms, growing).
-                    let spread = u64::from(std::process::id() ^ tries) % 4 * u64::from(tries);
-                    tokio::time::sleep(Duration::from_millis(spread)).await;
+                    tokio::time::sleep(conflict_backoff(tries)).await;
                 }
                 other => return other,
             }
