@@ -862,6 +862,11 @@ pub struct Attachment {
     /// Keys (`namespace/service/id`) of the endpoints registered for it; removed with it.
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// Node whose daemon it was reported to: with a registry shared by several nodes, only
+    /// that node can tell whether the container still lives. Empty in records written before
+    /// attachments carried it.
+    #[serde(default)]
+    pub node: String,
     /// Revision of the last change to this object.
     #[serde(default)]
     pub revision: u64,

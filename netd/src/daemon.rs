@@ -1,8 +1,8 @@
 //! `netd up`: startup, task supervision and graceful shutdown of the node daemon.
 //!
 //! Startup, in order: refuse if another daemon answers on the socket (remove a stale socket
-//! file), open the embedded store (its file lock refuses a second daemon on the same data
-//! directory), load the registry, create the default network and write conflists, bind the API
+//! file), open the store (embedded: its file lock refuses a second daemon on the same data
+//! directory; etcd: a member must answer), load the registry, create the default network and write conflists, bind the API
 //! socket (mode 0660, group `netd` when it exists), start the background tasks (lease expiry,
 //! health checks, attachment liveness, DNS names and listeners, service VIPs) and the API server, print one
 //! line. On SIGTERM or
@@ -26,8 +26,7 @@ use crate::api::{self, ApiState};
 use crate::dns::{self, DnsOptions};
 use crate::networks::Networks;
 use crate::registry::leases;
-use crate::registry::store::embedded::EmbeddedStore;
-use crate::registry::store::StoreError;
+use crate::registry::store::{self, StoreError};
 use crate::registry::{Registry, RegistryConfig, RegistryError};
 use crate::{health, liveness, vip};
 
@@ -38,6 +37,8 @@ pub struct DaemonOptions {
     pub socket: PathBuf,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
+    /// `etcd://...` to share the registry through etcd; `None`: the embedded store.
+    pub store: Option<String>,
     /// Where network conflists are written.
     pub cni_conf_dir: PathBuf,
     /// Range service VIPs come from.
@@ -94,16 +95,18 @@ pub enum DaemonError {
 pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let started = Instant::now();
     prepare_socket_path(&opts.socket).await?;
-    let store = EmbeddedStore::open(&opts.data_dir)?;
-    let store_path = store.path().display().to_string();
+    let node = opts.node.clone().unwrap_or_else(host_name);
+    let store = store::open(opts.store.as_deref(), &opts.data_dir, &node).await?;
+    let store_path = store.info().location;
     let config = RegistryConfig {
-        node: opts.node.clone().unwrap_or_else(host_name),
+        node,
         vip_range: opts.vip_range,
         domain: DEFAULT_DOMAIN.to_string(),
     };
-    let registry = Registry::open(Arc::new(store), config).await?;
+    let registry = Registry::open(store, config).await?;
     let networks = Networks::new(registry.clone(), opts.cni_conf_dir.clone());
-    networks.reconcile().await?;
+    // Another node sharing the store may create the default network at the same time.
+    registry.retry_conflicts(|| networks.reconcile()).await?;
 
     let access = Access::for_this_process();
     let listener = bind_socket(&opts.socket, &access)?;

@@ -12,6 +12,7 @@ use crate::daemon::{self, DaemonOptions};
 use crate::dns::DnsOptions;
 use crate::health::DEFAULT_MAX_IN_FLIGHT;
 use crate::liveness::DEFAULT_SWEEP_MS;
+use crate::registry::store::etcd::parse_url;
 
 /// Arguments of `netd up`.
 #[derive(Debug, clap::Args)]
@@ -24,6 +25,9 @@ DNS: containers get netd's DNS at their network's gateway (port 53): container n
 services (web, web.default, web.default.svc.netd.local), SRV and PTR; other names go to
 --dns-upstream or the host's resolvers. Example: netd up --dns-listen 127.0.0.1:5353
 
+Several machines share one registry through etcd (each with its own node name):
+  netd up --node node-a --store etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379
+
 Example systemd unit (/etc/systemd/system/netd.service):
   [Service]
   ExecStart=/usr/local/bin/netd up
@@ -34,6 +38,11 @@ pub struct Args {
     /// Directory of the embedded store.
     #[arg(long, default_value = DEFAULT_DATA_DIR, value_name = "DIR")]
     pub data_dir: PathBuf,
+    /// Share the registry with other nodes through an etcd v3 cluster, e.g.
+    /// etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379 (every member's client address; give
+    /// each node its own --node). Default: the embedded store in --data-dir.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Directory where network conflists are written.
     #[arg(long, default_value = DEFAULT_CNI_CONF_DIR, value_name = "DIR")]
     pub cni_conf_dir: PathBuf,
@@ -89,9 +98,13 @@ pub async fn run(socket: &Path, args: Args) -> Result<(), CliError> {
             "--health-concurrency and --netns-sweep-ms must be at least 1".into(),
         ));
     }
+    if let Some(url) = &args.store {
+        parse_url(url).map_err(|e| CliError::Usage(format!("--store: {e}")))?;
+    }
     daemon::run(DaemonOptions {
         socket: socket.to_path_buf(),
         data_dir: args.data_dir,
+        store: args.store,
         cni_conf_dir: args.cni_conf_dir,
         vip_range: args.vip_range,
         node: args.node,

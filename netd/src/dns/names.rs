@@ -151,6 +151,7 @@ mod tests {
             names: vec!["db".into(), "web".into()],
             services: vec![],
             endpoints: vec![],
+            node: String::new(),
             revision: 3,
         };
         Arc::make_mut(&mut snap.attachments).insert(att.key(), Arc::new(att));

@@ -23,6 +23,15 @@ impl Registry {
         self: &Arc<Self>,
         spec: AttachmentSpec,
     ) -> Result<Arc<Attachment>, RegistryError> {
+        spec.validate()?;
+        self.retry_conflicts(|| self.attach_once(spec.clone()))
+            .await
+    }
+
+    async fn attach_once(
+        self: &Arc<Self>,
+        spec: AttachmentSpec,
+    ) -> Result<Arc<Attachment>, RegistryError> {
         let valid = spec.validate()?;
         let mut tx = self.begin().await;
         if !tx.snapshot().networks.contains_key(&spec.network) {
@@ -110,6 +119,7 @@ impl Registry {
             names: spec.names,
             services: valid.services,
             endpoints: endpoint_keys,
+            node: self.config.node.clone(),
             revision: 0,
         })));
         let done = tx.commit().await?;
@@ -127,6 +137,15 @@ impl Registry {
         container_id: &str,
         ifname: &str,
     ) -> Result<Deleted, RegistryError> {
+        self.retry_conflicts(|| self.detach_once(container_id, ifname))
+            .await
+    }
+
+    async fn detach_once(
+        self: &Arc<Self>,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Deleted, RegistryError> {
         let key = attachment_key(container_id, ifname);
         let mut tx = self.begin().await;
         let Some(att) = tx.snapshot().attachments.get(&key).cloned() else {
@@ -139,8 +158,17 @@ impl Registry {
 
     /// Removes the attachments in `gone` (key and the revision at which its owner was found
     /// dead) with their endpoints, in one transaction. An attachment changed since (re-added by
-    /// a new CNI ADD, so a different revision) is left alone. Returns the removed attachments.
+    /// a new CNI ADD, so a different revision) is left alone, and so, with a shared store, is
+    /// one reported to another node: its namespace path means something on that machine only.
+    /// Returns the removed attachments.
     pub async fn detach_gone(
+        self: &Arc<Self>,
+        gone: &[(String, u64)],
+    ) -> Result<Vec<Arc<Attachment>>, RegistryError> {
+        self.retry_conflicts(|| self.detach_gone_once(gone)).await
+    }
+
+    async fn detach_gone_once(
         self: &Arc<Self>,
         gone: &[(String, u64)],
     ) -> Result<Vec<Arc<Attachment>>, RegistryError> {
@@ -148,7 +176,12 @@ impl Registry {
         let mut removed = Vec::new();
         for (key, revision) in gone {
             match tx.snapshot().attachments.get(key) {
-                Some(att) if att.revision == *revision => removed.push(att.clone()),
+                Some(att)
+                    if att.revision == *revision
+                        && (!self.is_shared() || att.node == self.config.node) =>
+                {
+                    removed.push(att.clone())
+                }
                 _ => {}
             }
         }

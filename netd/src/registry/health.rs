@@ -30,7 +30,18 @@ pub struct HealthUpdate {
 impl Registry {
     /// Stores the health verdicts that change something, all in one transaction; returns the
     /// endpoints as stored after the change (only those that changed).
+    ///
+    /// With a shared store each node is the authority on its own endpoints only (those whose
+    /// `node` is this node's name): verdicts about other nodes' endpoints are dropped, so two
+    /// nodes that reach an endpoint differently never flap it.
     pub async fn set_health(
+        self: &Arc<Self>,
+        updates: &[HealthUpdate],
+    ) -> Result<Vec<Arc<Endpoint>>, RegistryError> {
+        self.retry_conflicts(|| self.set_health_once(updates)).await
+    }
+
+    async fn set_health_once(
         self: &Arc<Self>,
         updates: &[HealthUpdate],
     ) -> Result<Vec<Arc<Endpoint>>, RegistryError> {
@@ -50,6 +61,7 @@ impl Registry {
                 continue;
             };
             if !checked
+                || (self.is_shared() && ep.node != self.config().node)
                 || ep.health == u.health
                 || SocketAddr::new(ep.address, ep.port) != u.target
                 || changed

@@ -6,6 +6,13 @@
 //! [`run_expiry`] checks deadlines every [`CHECK_INTERVAL`] and deletes each expired lease
 //! together with its endpoints in one registry transaction. The lease operations of the
 //! registry (grant, keepalive, revoke, expire) live here too.
+//!
+//! With a shared store ([`super::store::SharedLeases`], etcd) a lease is the backend's lease:
+//! its id is the backend's, the lease record and the endpoints registered with it are attached
+//! to it, and the node that grants it (or that a client keeps it alive through) holds it alive
+//! in the backend while its local deadline runs. When the deadline passes the node revokes it;
+//! when the node dies the backend expires it after its TTL. Either way the backend deletes the
+//! attached records in one revision, which every node applies from the store's feed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -79,6 +86,9 @@ impl Registry {
     /// Grants a lease; its id is the revision that stores it.
     pub async fn grant_lease(self: &Arc<Self>, grant: LeaseGrant) -> Result<Lease, RegistryError> {
         grant.validate()?;
+        if self.store.leases().is_some() {
+            return self.grant_shared_lease(grant.ttl_seconds).await;
+        }
         let mut tx = self.begin().await;
         let id = tx.snapshot().revision + 1;
         tx.put(Record::Lease(LeaseRecord {
@@ -98,13 +108,50 @@ impl Registry {
         })
     }
 
-    /// Restarts a lease's countdown. Memory only: nothing is written.
+    /// A lease granted by the shared store, recorded with the lease attached to itself.
+    async fn grant_shared_lease(
+        self: &Arc<Self>,
+        ttl_seconds: u64,
+    ) -> Result<Lease, RegistryError> {
+        let Some(shared) = self.store.leases() else {
+            return Err(RegistryError::Internal("the store has no leases".into()));
+        };
+        let id = shared.grant(ttl_seconds).await?;
+        let expires_at = self.leases.arm(id, ttl_seconds);
+        shared.hold(id, ttl_seconds);
+        let stored = self
+            .retry_conflicts(|| async {
+                let mut tx = self.begin().await;
+                tx.put(Record::Lease(LeaseRecord { id, ttl_seconds }));
+                tx.commit().await
+            })
+            .await;
+        if let Err(e) = stored {
+            self.leases.disarm(id);
+            if let Err(revoke) = shared.revoke(id).await {
+                crate::log(&format!("{revoke} (it expires by itself)"));
+            }
+            return Err(e);
+        }
+        Ok(Lease {
+            id,
+            ttl_seconds,
+            expires_at,
+        })
+    }
+
+    /// Restarts a lease's countdown. Memory only: nothing is written. With a shared store this
+    /// node (re)starts holding the lease alive in the backend, so a client may keep a lease
+    /// alive through any node, and a restarted node adopts the leases its clients still keep.
     pub fn keepalive(&self, id: u64) -> Result<Lease, RegistryError> {
         let snap = self.snapshot();
         let Some(l) = snap.leases.get(&id) else {
             return Err(lease_not_found(id));
         };
         let expires_at = self.leases.arm(id, l.ttl_seconds);
+        if let Some(shared) = self.store.leases() {
+            shared.hold(id, l.ttl_seconds);
+        }
         Ok(Lease {
             id,
             ttl_seconds: l.ttl_seconds,
@@ -138,6 +185,17 @@ impl Registry {
 
     /// Revokes a lease now, deleting its endpoints.
     pub async fn revoke_lease(self: &Arc<Self>, id: u64) -> Result<Deleted, RegistryError> {
+        if let Some(shared) = self.store.leases() {
+            if !self.snapshot().leases.contains_key(&id) {
+                return Err(lease_not_found(id));
+            }
+            shared.revoke(id).await?;
+            self.leases.disarm(id);
+            let snap = self
+                .wait_for_snapshot(|s| !s.leases.contains_key(&id))
+                .await?;
+            return Ok(deleted("lease", id.to_string(), snap.revision, true));
+        }
         let mut tx = self.begin().await;
         let Some(l) = tx.snapshot().leases.get(&id).copied() else {
             return Err(lease_not_found(id));
@@ -154,6 +212,18 @@ impl Registry {
         let now = Instant::now();
         if self.leases.expired(now).is_empty() {
             return Ok(0);
+        }
+        if let Some(shared) = self.store.leases() {
+            // The backend deletes each lease's records; the feed brings the deletes back.
+            let mut gone = 0;
+            for id in self.leases.expired(now) {
+                if self.snapshot().leases.contains_key(&id) {
+                    shared.revoke(id).await?;
+                    gone += 1;
+                }
+                self.leases.disarm(id);
+            }
+            return Ok(gone);
         }
         let mut tx = self.begin().await;
         // Re-checked under the lock: a keepalive may have come in meanwhile.

@@ -8,6 +8,13 @@
 //! batch. A request is therefore either fully applied or not at all, and every acknowledged
 //! change is on disk.
 //!
+//! With a shared store (etcd, several nodes) the write path is the same up to the store; then
+//! the snapshot and the watch batch come from the store's feed instead ([`Store::follow`]): a
+//! follower task applies every change, this node's and other nodes', in revision order, and
+//! `commit` waits until its own revision has come through. Operations re-run against the newer
+//! snapshot when another node committed first ([`StoreError::Conflict`]), a few times, then
+//! give up with [`StoreError::Contended`].
+//!
 //! Submodules: [`model`] (snapshot and records), [`store`] (persistence behind a trait),
 //! [`watch`] (fan-out), [`leases`] (lease operations, deadlines and expiry), [`health`] (the
 //! health checker's write path); `services` and `attachments` hold the other operations.
@@ -21,7 +28,10 @@ mod services;
 pub mod store;
 pub mod watch;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
@@ -31,7 +41,7 @@ use tokio::sync::{watch as revision_watch, Mutex, OwnedMutexGuard};
 
 use self::leases::LeaseClock;
 use self::model::{Op, Record, Snapshot};
-use self::store::{Store, StoreError, StoreInfo, Txn};
+use self::store::{Change, ChangeFeed, ChangeOp, Entry, Store, StoreError, StoreInfo, Table, Txn};
 use self::watch::{Batch, WatchHub};
 
 /// Settings of the registry.
@@ -121,6 +131,27 @@ pub struct Registry {
     revisions: revision_watch::Sender<u64>,
     leases: LeaseClock,
     config: RegistryConfig,
+    /// The store is shared: snapshots come from its feed, not from local commits.
+    shared: bool,
+}
+
+/// How long a commit to a shared store waits for its change to come back through the feed.
+pub const APPLY_WAIT: Duration = Duration::from_secs(10);
+
+/// How many times an operation runs when other nodes keep committing first.
+pub const CONFLICT_ATTEMPTS: u32 = 10;
+
+/// A random pause before attempt `tries + 1`, up to 5 ms × 2^tries (at most 250 ms), so two
+/// nodes that keep colliding drift apart instead of colliding again in lock step.
+fn conflict_backoff(tries: u32) -> Duration {
+    let cap = (5u64 << tries.min(6)).min(250);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    // A cheap mix of the clock and the process id; only needs to differ between nodes.
+    let seed =
+        u64::from(nanos ^ std::process::id().rotate_left(16)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    Duration::from_millis((seed >> 32) % (cap + 1))
 }
 
 /// A write in progress: holds the write lock; nothing is visible until [`WriteTxn::commit`].
@@ -185,7 +216,7 @@ impl WriteTxn {
                 del => del,
             })
             .collect();
-        registry
+        let stored = registry
             .store
             .commit(Txn {
                 base_revision: base.revision,
@@ -193,30 +224,47 @@ impl WriteTxn {
                 ops: ops.iter().map(Op::to_store_op).collect(),
             })
             .await?;
-        let mut next = (*base).clone();
-        for op in &ops {
-            next.apply(op);
+        if registry.shared {
+            // The follower publishes it, with whatever other nodes changed before it.
+            let snapshot = registry.wait_applied(stored).await?;
+            drop(guard);
+            return Ok(Committed {
+                revision: stored,
+                snapshot,
+            });
         }
-        next.revision = revision;
-        let next = Arc::new(next);
-        registry.snapshot.store(next.clone());
-        let events = ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Put(r) => r.to_object().map(|object| Event::Put { revision, object }),
-                Op::Delete(r) => r
-                    .to_object()
-                    .map(|object| Event::Delete { revision, object }),
-            })
-            .collect();
-        registry.hub.publish(Batch::new(revision, events));
-        registry.revisions.send_replace(revision);
+        let next = registry.publish(&base, &ops, revision);
         drop(guard);
         Ok(Committed {
             revision,
             snapshot: next,
         })
     }
+}
+
+/// Decodes a stored record, stamped with the store's revision when it reports one.
+fn decode_entry(entry: &Entry) -> Result<Record, RegistryError> {
+    let record = Record::decode(entry.table, &entry.value).map_err(|e| RegistryError::Corrupt {
+        table: entry.table.name(),
+        key: entry.key.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(match entry.revision {
+        Some(rev) => record.with_revision(rev),
+        None => record,
+    })
+}
+
+/// The snapshot holding exactly `entries` at `revision`.
+fn snapshot_of(revision: u64, entries: &[Entry]) -> Result<Snapshot, RegistryError> {
+    let mut snap = Snapshot {
+        revision,
+        ..Snapshot::default()
+    };
+    for entry in entries {
+        snap.apply(&Op::Put(decode_entry(entry)?));
+    }
+    Ok(snap)
 }
 
 impl Registry {
@@ -226,23 +274,17 @@ impl Registry {
         config: RegistryConfig,
     ) -> Result<Arc<Self>, RegistryError> {
         let loaded = store.load().await?;
-        let mut snap = Snapshot {
-            revision: loaded.revision,
-            ..Snapshot::default()
-        };
-        for (table, key, value) in loaded.records {
-            let record = Record::decode(table, &value).map_err(|e| RegistryError::Corrupt {
-                table: table.name(),
-                key: key.clone(),
-                message: e.to_string(),
-            })?;
-            snap.apply(&Op::Put(record));
-        }
+        let snap = snapshot_of(loaded.revision, &loaded.records)?;
         let leases = LeaseClock::default();
-        for l in snap.leases.values() {
-            leases.arm(l.id, l.ttl_seconds);
+        // Shared leases are kept alive by whoever holds them (a node adopts one when a client
+        // keeps it alive through it); local ones get a full TTL after a restart.
+        if store.leases().is_none() {
+            for l in snap.leases.values() {
+                leases.arm(l.id, l.ttl_seconds);
+            }
         }
-        Ok(Arc::new(Self {
+        let feed = store.follow(snap.revision);
+        let registry = Arc::new(Self {
             store,
             hub: WatchHub::new(snap.revision),
             revisions: revision_watch::Sender::new(snap.revision),
@@ -250,7 +292,167 @@ impl Registry {
             write: Arc::new(Mutex::new(())),
             leases,
             config,
-        }))
+            shared: feed.is_some(),
+        });
+        if let Some(feed) = feed {
+            tokio::spawn(follow_feed(Arc::downgrade(&registry), feed));
+        }
+        Ok(registry)
+    }
+
+    /// Builds the next snapshot from `base` and `ops`, publishes it and the watch batch of
+    /// `revision`. Callers publish in revision order, one at a time (the write lock for a
+    /// local store, the single follower task for a shared one).
+    fn publish(&self, base: &Snapshot, ops: &[Op], revision: u64) -> Arc<Snapshot> {
+        let mut next = base.clone();
+        for op in ops {
+            next.apply(op);
+        }
+        next.revision = revision;
+        let next = Arc::new(next);
+        self.snapshot.store(next.clone());
+        let events = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put(r) => r.to_object().map(|object| Event::Put { revision, object }),
+                Op::Delete(r) => r
+                    .to_object()
+                    .map(|object| Event::Delete { revision, object }),
+            })
+            .collect();
+        self.hub.publish(Batch::new(revision, events));
+        self.revisions.send_replace(revision);
+        next
+    }
+
+    /// Applies one change from a shared store's feed.
+    fn apply_change(&self, change: Change) {
+        let base = self.snapshot();
+        let (revision, ops) = match change {
+            Change::Revision { revision, ops } => {
+                if revision <= base.revision {
+                    return;
+                }
+                let mut staged = (*base).clone();
+                let mut out = Vec::with_capacity(ops.len());
+                for op in ops {
+                    let op = match op {
+                        ChangeOp::Put(entry) => match decode_entry(&entry) {
+                            Ok(r) => Op::Put(r.with_revision(revision)),
+                            Err(e) => {
+                                crate::log(&format!("ignoring a change from the store: {e}"));
+                                continue;
+                            }
+                        },
+                        ChangeOp::Delete { table, key } => match staged.get(table, &key) {
+                            Some(r) => Op::Delete(r),
+                            None => continue,
+                        },
+                    };
+                    staged.apply(&op);
+                    out.push(op);
+                }
+                (revision, out)
+            }
+            Change::Resync(loaded) => {
+                if loaded.revision <= base.revision {
+                    return;
+                }
+                match snapshot_of(loaded.revision, &loaded.records) {
+                    Ok(fresh) => (loaded.revision, diff(&base, &fresh)),
+                    Err(e) => {
+                        crate::log(&format!("cannot resynchronise with the store: {e}"));
+                        return;
+                    }
+                }
+            }
+        };
+        for op in &ops {
+            if let Op::Delete(Record::Lease(l)) = op {
+                self.leases.disarm(l.id);
+            }
+        }
+        self.publish(&base, &ops, revision);
+    }
+
+    /// Waits until the snapshot includes `revision` (shared store); returns it.
+    async fn wait_applied(&self, revision: u64) -> Result<Arc<Snapshot>, RegistryError> {
+        let mut rx = self.revisions.subscribe();
+        let waited = tokio::time::timeout(APPLY_WAIT, rx.wait_for(|r| *r >= revision))
+            .await
+            .map(|r| r.is_ok());
+        match waited {
+            Ok(true) => Ok(self.snapshot()),
+            Ok(false) => Err(RegistryError::Internal("registry closed".into())),
+            Err(_) => Err(StoreError::Lagging {
+                revision,
+                seconds: APPLY_WAIT.as_secs(),
+            }
+            .into()),
+        }
+    }
+
+    /// Waits until a snapshot satisfies `cond` (a shared store's feed brings the change);
+    /// returns it.
+    async fn wait_for_snapshot(
+        &self,
+        cond: impl Fn(&Snapshot) -> bool,
+    ) -> Result<Arc<Snapshot>, RegistryError> {
+        let mut rx = self.revisions.subscribe();
+        let wait = async {
+            loop {
+                let snap = self.snapshot();
+                if cond(&snap) {
+                    return Ok(snap);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(RegistryError::Internal("registry closed".into()));
+                }
+            }
+        };
+        tokio::time::timeout(APPLY_WAIT, wait)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Lagging {
+                    revision: self.snapshot().revision,
+                    seconds: APPLY_WAIT.as_secs(),
+                }
+                .into())
+            })
+    }
+
+    /// Runs `attempt` again when another writer of a shared store committed first (after
+    /// this node has caught up with that change), up to [`CONFLICT_ATTEMPTS`] times.
+    /// Operations are written against the snapshot `begin` gives them, so a re-run validates
+    /// against the newer state: nothing is applied twice or half.
+    pub async fn retry_conflicts<T, F, Fut>(&self, mut attempt: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, RegistryError>>,
+    {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match attempt().await {
+                Err(RegistryError::Store(StoreError::Conflict { stored, .. })) if self.shared => {
+                    if tries >= CONFLICT_ATTEMPTS {
+                        return Err(StoreError::Contended {
+                            attempts: tries,
+                            stored,
+                        }
+                        .into());
+                    }
+                    self.wait_applied(stored).await?;
+                    tokio::time::sleep(conflict_backoff(tries)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// True when the store is shared with other nodes.
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// The current snapshot. Never blocks.
@@ -290,6 +492,34 @@ impl Registry {
             ops: Vec::new(),
         }
     }
+}
+
+/// Applies a shared store's feed until it ends or the registry is dropped.
+async fn follow_feed(registry: Weak<Registry>, mut feed: ChangeFeed) {
+    while let Some(change) = feed.recv().await {
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        registry.apply_change(change);
+    }
+}
+
+/// The operations that turn `old` into `new`: deletes of what vanished, puts of what is new or
+/// changed.
+fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Op> {
+    let index = |s: &Snapshot| -> BTreeMap<(Table, String), Record> {
+        s.records().map(|r| ((r.table(), r.key()), r)).collect()
+    };
+    let (old, new) = (index(old), index(new));
+    let deletes = old
+        .iter()
+        .filter(|(k, _)| !new.contains_key(*k))
+        .map(|(_, r)| Op::Delete(r.clone()));
+    let puts = new
+        .iter()
+        .filter(|(k, r)| old.get(*k) != Some(*r))
+        .map(|(_, r)| Op::Put(r.clone()));
+    deletes.chain(puts).collect()
 }
 
 /// A `Deleted` answer.

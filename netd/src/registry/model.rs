@@ -127,13 +127,19 @@ pub enum Op {
 }
 
 impl Op {
-    /// The store operation.
+    /// The store operation. A lease record, and an endpoint registered with a lease, are
+    /// attached to that lease, so a shared store deletes them when the lease ends.
     pub fn to_store_op(&self) -> StoreOp {
         match self {
             Op::Put(r) => StoreOp::Put {
                 table: r.table(),
                 key: r.key(),
                 value: r.encode(),
+                lease: match r {
+                    Record::Lease(l) => Some(l.id),
+                    Record::Endpoint(e) => e.lease,
+                    _ => None,
+                },
             },
             Op::Delete(r) => StoreOp::Delete {
                 table: r.table(),
@@ -222,6 +228,25 @@ impl Snapshot {
         }
     }
 
+    /// The record stored under `key` in `table`, if any.
+    pub fn get(&self, table: Table, key: &str) -> Option<Record> {
+        match table {
+            Table::Networks => self.networks.get(key).cloned().map(Record::Network),
+            Table::Services => self.services.get(key).cloned().map(Record::Service),
+            Table::Endpoints => {
+                let mut parts = key.splitn(3, '/');
+                let (ns, svc, id) = (parts.next()?, parts.next()?, parts.next()?);
+                let e = self.endpoints.get(&format!("{ns}/{svc}"))?.get(id)?;
+                Some(Record::Endpoint(e.clone()))
+            }
+            Table::Leases => {
+                let id = key.parse().ok()?;
+                self.leases.get(&id).copied().map(Record::Lease)
+            }
+            Table::Attachments => self.attachments.get(key).cloned().map(Record::Attachment),
+        }
+    }
+
     /// Endpoints of a service (empty when none).
     pub fn endpoints_of(&self, service_key: &str) -> impl Iterator<Item = &Arc<Endpoint>> {
         self.endpoints
@@ -238,6 +263,16 @@ impl Snapshot {
     /// Number of endpoints.
     pub fn endpoint_count(&self) -> usize {
         self.endpoints.values().map(|m| m.len()).sum()
+    }
+
+    /// Every record, in dependency order (networks, services, endpoints, leases, attachments).
+    pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
+        let nets = self.networks.values().cloned().map(Record::Network);
+        let svcs = self.services.values().cloned().map(Record::Service);
+        let eps = self.all_endpoints().cloned().map(Record::Endpoint);
+        let leases = self.leases.values().copied().map(Record::Lease);
+        let atts = self.attachments.values().cloned().map(Record::Attachment);
+        nets.chain(svcs).chain(eps).chain(leases).chain(atts)
     }
 
     /// Every object as a watch `put`, in dependency order (networks, services, endpoints,

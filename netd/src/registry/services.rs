@@ -26,6 +26,14 @@ impl Registry {
         spec: ServiceSpec,
     ) -> Result<(Arc<Service>, bool), RegistryError> {
         spec.validate()?;
+        self.retry_conflicts(|| self.put_service_once(spec.clone()))
+            .await
+    }
+
+    async fn put_service_once(
+        self: &Arc<Self>,
+        spec: ServiceSpec,
+    ) -> Result<(Arc<Service>, bool), RegistryError> {
         let mut tx = self.begin().await;
         let key = service_key(&spec.namespace, &spec.name);
         check_host_ports(tx.snapshot(), &key, &spec)?;
@@ -83,6 +91,15 @@ impl Registry {
         namespace: &str,
         name: &str,
     ) -> Result<Deleted, RegistryError> {
+        self.retry_conflicts(|| self.delete_service_once(namespace, name))
+            .await
+    }
+
+    async fn delete_service_once(
+        self: &Arc<Self>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Deleted, RegistryError> {
         let key = service_key(namespace, name);
         let mut tx = self.begin().await;
         let Some(svc) = tx.snapshot().services.get(&key).cloned() else {
@@ -107,6 +124,19 @@ impl Registry {
         spec: EndpointSpec,
     ) -> Result<Arc<Endpoint>, RegistryError> {
         let id = spec.validate()?;
+        self.retry_conflicts(|| {
+            self.register_endpoint_once(namespace, service, id.clone(), spec.clone())
+        })
+        .await
+    }
+
+    async fn register_endpoint_once(
+        self: &Arc<Self>,
+        namespace: &str,
+        service: &str,
+        id: String,
+        spec: EndpointSpec,
+    ) -> Result<Arc<Endpoint>, RegistryError> {
         let skey = service_key(namespace, service);
         let mut tx = self.begin().await;
         if !tx.snapshot().services.contains_key(&skey) {
@@ -150,6 +180,16 @@ impl Registry {
 
     /// Deletes one endpoint.
     pub async fn delete_endpoint(
+        self: &Arc<Self>,
+        namespace: &str,
+        service: &str,
+        id: &str,
+    ) -> Result<Deleted, RegistryError> {
+        self.retry_conflicts(|| self.delete_endpoint_once(namespace, service, id))
+            .await
+    }
+
+    async fn delete_endpoint_once(
         self: &Arc<Self>,
         namespace: &str,
         service: &str,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use redb::{Database, DatabaseError, Durability, ReadableTable, TableDefinition};
 
-use super::{Loaded, Store, StoreError, StoreFuture, StoreInfo, StoreOp, Table, Txn};
+use super::{Entry, Loaded, Store, StoreError, StoreFuture, StoreInfo, StoreOp, Table, Txn};
 
 /// File name of the store inside the data directory.
 pub const FILE_NAME: &str = "netd.redb";
@@ -83,7 +83,12 @@ impl EmbeddedStore {
             let table = txn.open_table(table_def(t)).map_err(|e| r(&e))?;
             for item in table.iter().map_err(|e| r(&e))? {
                 let (k, v) = item.map_err(|e| r(&e))?;
-                records.push((t, k.value().to_string(), v.value().to_vec()));
+                records.push(Entry {
+                    table: t,
+                    key: k.value().to_string(),
+                    value: v.value().to_vec(),
+                    revision: None,
+                });
             }
         }
         Ok(Loaded { revision, records })
@@ -161,10 +166,10 @@ impl Store for EmbeddedStore {
         })
     }
 
-    fn commit(&self, txn: Txn) -> StoreFuture<'_, ()> {
+    fn commit(&self, txn: Txn) -> StoreFuture<'_, u64> {
         let this = self.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.commit_blocking(&txn))
+            tokio::task::spawn_blocking(move || this.commit_blocking(&txn).map(|()| txn.revision))
                 .await
                 .map_err(|e| StoreError::Write(format!("store task failed: {e}")))?
         })
@@ -195,11 +200,13 @@ mod tests {
                         table: Table::Services,
                         key: "default/a".into(),
                         value: b"{}".to_vec(),
+                        lease: None,
                     },
                     StoreOp::Put {
                         table: Table::Leases,
                         key: "1".into(),
                         value: b"{}".to_vec(),
+                        lease: None,
                     },
                 ],
             })
@@ -235,7 +242,12 @@ mod tests {
         assert_eq!(l.revision, 2);
         assert_eq!(
             l.records,
-            vec![(Table::Services, "default/a".to_string(), b"{}".to_vec())]
+            vec![Entry {
+                table: Table::Services,
+                key: "default/a".to_string(),
+                value: b"{}".to_vec(),
+                revision: None,
+            }]
         );
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
