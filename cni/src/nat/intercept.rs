@@ -48,7 +48,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
 
-use super::elements::{parse_elems, Elem};
+use super::elements::{interval, parse_elems, Elem};
 use super::expr::*;
 use super::nfnl::{msg, Batch, Socket};
 use crate::netns::NetNs;
@@ -649,36 +649,6 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
         IpAddr::V4(a) => a.octets().to_vec(),
         IpAddr::V6(a) => a.octets().to_vec(),
     }
-}
-
-/// A subnet as a half-open interval: its first address, and one past its last flagged as the
-/// end (omitted at the top of the address space).
-fn interval(net: IpNet) -> Vec<Elem> {
-    let (start, end) = match net {
-        IpNet::V4(n) => (
-            n.network().octets().to_vec(),
-            u32::from(n.broadcast())
-                .checked_add(1)
-                .map(|e| e.to_be_bytes().to_vec()),
-        ),
-        IpNet::V6(n) => (
-            n.network().octets().to_vec(),
-            u128::from(n.broadcast())
-                .checked_add(1)
-                .map(|e| e.to_be_bytes().to_vec()),
-        ),
-    };
-    let mut v = vec![Elem {
-        key: start,
-        data: None,
-        end: false,
-    }];
-    v.extend(end.map(|key| Elem {
-        key,
-        data: None,
-        end: true,
-    }));
-    v
 }
 
 fn nfproto(p: u8) -> [Expr; 2] {
