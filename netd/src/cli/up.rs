@@ -12,6 +12,7 @@ use crate::daemon::{self, DaemonOptions};
 use crate::dns::DnsOptions;
 use crate::health::DEFAULT_MAX_IN_FLIGHT;
 use crate::liveness::DEFAULT_SWEEP_MS;
+use crate::mesh::{self, MeshOptions};
 
 /// Arguments of `netd up`.
 #[derive(Debug, clap::Args)]
@@ -23,6 +24,10 @@ Runs until SIGTERM or ctrl-c, then finishes in-flight requests and exits. Create
 DNS: containers get netd's DNS at their network's gateway (port 53): container names,
 services (web, web.default, web.default.svc.netd.local), SRV and PTR; other names go to
 --dns-upstream or the host's resolvers. Example: netd up --dns-listen 127.0.0.1:5353
+
+Mesh: every container on a network created with --mesh gets a netd-sidecar (started in its
+network namespace, restarted with backoff, stopped on DEL) and nf_tables rules in its namespace
+that send its TCP and DNS through the sidecar. `netd sidecars` lists them.
 
 Example systemd unit (/etc/systemd/system/netd.service):
   [Service]
@@ -66,6 +71,15 @@ pub struct Args {
     /// Do not program service VIPs (nf_tables table `inet netd-vip` in this network namespace).
     #[arg(long)]
     pub no_vip: bool,
+    /// Do not start sidecars for containers on meshed networks (nor intercept their traffic).
+    #[arg(long)]
+    pub no_mesh: bool,
+    /// The sidecar program (default: netd-sidecar next to netd, else on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub sidecar_bin: Option<PathBuf>,
+    /// Seconds a sidecar may drain on stop (its --drain-timeout); SIGKILL 2 s after that.
+    #[arg(long, default_value_t = mesh::DEFAULT_SIDECAR_DRAIN.as_secs(), value_name = "SECONDS")]
+    pub sidecar_drain_timeout: u64,
 }
 
 /// An upstream resolver: `IP` (port 53) or `IP:PORT` / `[IPv6]:PORT`.
@@ -89,6 +103,7 @@ pub async fn run(socket: &Path, args: Args) -> Result<(), CliError> {
             "--health-concurrency and --netns-sweep-ms must be at least 1".into(),
         ));
     }
+    let sidecar_state = args.data_dir.join("sidecars");
     daemon::run(DaemonOptions {
         socket: socket.to_path_buf(),
         data_dir: args.data_dir,
@@ -104,6 +119,14 @@ pub async fn run(socket: &Path, args: Args) -> Result<(), CliError> {
             upstreams: (!args.dns_upstream.is_empty()).then_some(args.dns_upstream),
         },
         vip: !args.no_vip,
+        mesh: (!args.no_mesh).then(|| MeshOptions {
+            sidecar_bin: args.sidecar_bin.unwrap_or_else(mesh::default_sidecar_bin),
+            api_socket: socket.to_path_buf(),
+            state_dir: sidecar_state,
+            sidecar_drain: Duration::from_secs(args.sidecar_drain_timeout),
+            backoff_min: mesh::DEFAULT_BACKOFF_MIN,
+            backoff_max: mesh::DEFAULT_BACKOFF_MAX,
+        }),
     })
     .await?;
     Ok(())

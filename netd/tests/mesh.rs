@@ -1,0 +1,436 @@
+//! The sidecar supervisor with real processes, namespaces and nf_tables: `netd up` runs with a
+//! stand-in sidecar (a shell script that logs its command line and then `nsenter`s the
+//! namespace given by `--netns`), and containers are throwaway namespaces attached to a
+//! meshed network through the API.
+//!
+//! What is checked from outside: which processes live in each container namespace (by the
+//! namespace inode of every `/proc/<pid>`), the `netd-mesh` table in there, and
+//! `GET /v1/sidecars`. Every namespace is deleted, and every process left in it killed by pid,
+//! when its guard drops (after the daemon's guard, which kills netd).
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{eventually, Daemon, TempDir};
+use netd::client::Client;
+use netd::mesh::status::{SidecarState, SidecarStatus};
+use netd_cni::nat::intercept::{self, InterceptSpec};
+use netd_cni::netns::NetNs;
+use netd_config::netd::{AttachmentSpec, NetworkSpec};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The stand-in sidecar. Files next to it steer it: `crash` makes it exit with status 3 at
+/// once, `ignore-term` makes it ignore SIGTERM.
+const STAND_IN: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+echo "$$ $*" >> "$dir/args.log"
+netns=
+while [ $# -gt 0 ]; do
+    case "$1" in --netns) netns=$2; shift ;; esac
+    shift
+done
+[ -e "$dir/crash" ] && exit 3
+[ -e "$dir/ignore-term" ] && trap '' TERM
+exec nsenter --net="$netns" sleep 1000
+"#;
+
+/// A throwaway container namespace; on drop, processes inside are SIGKILLed by pid and the
+/// namespace deleted.
+struct Ctr {
+    name: String,
+}
+
+impl Ctr {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "netd-mesh-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip");
+        assert!(out.status.success(), "ip netns add {name}");
+        Ctr { name }
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Pids of the processes whose network namespace is this one.
+    fn procs(&self) -> Vec<u32> {
+        let Ok(ns) = std::fs::metadata(self.path()) else {
+            return Vec::new();
+        };
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) {
+                if (m.dev(), m.ino()) == (ns.dev(), ns.ino()) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+
+    /// Whether `table inet netd-mesh` exists in here.
+    fn intercepting(&self) -> bool {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-j", "list", "tables"])
+            .output()
+            .expect("run nft");
+        String::from_utf8_lossy(&out.stdout).contains(intercept::TABLE)
+    }
+
+    fn netns(&self) -> NetNs {
+        NetNs::open(self.path()).expect("open netns")
+    }
+}
+
+impl Drop for Ctr {
+    fn drop(&mut self) {
+        for pid in self.procs() {
+            // SAFETY: kill(2) on a stand-in sidecar this test's netd started in this namespace.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The stand-in's directory and path.
+struct StandIn {
+    dir: TempDir,
+}
+
+impl StandIn {
+    fn new() -> Self {
+        let dir = TempDir::new("sidecar");
+        let bin = dir.0.join("netd-sidecar");
+        std::fs::write(&bin, STAND_IN).expect("write stand-in");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        StandIn { dir }
+    }
+
+    fn bin(&self) -> PathBuf {
+        self.dir.0.join("netd-sidecar")
+    }
+
+    fn set(&self, mode: &str, on: bool) {
+        let p = self.dir.0.join(mode);
+        if on {
+            std::fs::write(p, "").expect("mode file");
+        } else {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Command lines it was started with, by pid.
+    fn starts(&self) -> Vec<(u32, String)> {
+        std::fs::read_to_string(self.dir.0.join("args.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (pid, args) = l.split_once(' ')?;
+                Some((pid.parse().ok()?, args.to_string()))
+            })
+            .collect()
+    }
+}
+
+fn daemon(stand_in: &StandIn, tag: &str) -> Daemon {
+    let bin = stand_in.bin();
+    Daemon::start_with(
+        tag,
+        &[
+            "--no-network-dns",
+            "--sidecar-bin",
+            bin.to_str().expect("utf-8 path"),
+            "--sidecar-drain-timeout",
+            "1",
+        ],
+    )
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn mesh_network(client: &Client, name: &str, subnet: &str, mesh: bool) {
+    client
+        .create_network(&NetworkSpec {
+            name: name.into(),
+            subnets: vec![subnet.into()],
+            mesh,
+            isolate: false,
+            bridge: None,
+        })
+        .await
+        .expect("create network");
+}
+
+async fn attach(client: &Client, id: &str, network: &str, ctr: &Ctr, ip: &str) {
+    client
+        .attach(&AttachmentSpec {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+            network: network.into(),
+            netns: ctr.path(),
+            ips: vec![ip.into()],
+            names: Vec::new(),
+            service: None,
+        })
+        .await
+        .expect("attach");
+}
+
+async fn sidecar(client: &Client, id: &str) -> Option<SidecarStatus> {
+    client
+        .sidecars()
+        .await
+        .expect("sidecars")
+        .into_iter()
+        .find(|s| s.container_id == id)
+}
+
+/// Waits until the sidecar of `id` runs as the one process in `ctr`; returns its pid.
+async fn running(client: &Client, id: &str, ctr: &Ctr) -> u32 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = sidecar(client, id).await;
+        let procs = ctr.procs();
+        if let Some(pid) = s
+            .as_ref()
+            .filter(|s| s.state == SidecarState::Running)
+            .and_then(|s| s.pid)
+        {
+            if procs == [pid] {
+                return pid;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sidecar of {id} not running alone in its namespace: {s:?}, procs {procs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn spec_for(ip: &str) -> InterceptSpec {
+    InterceptSpec {
+        addresses: vec![ip.parse().expect("ip")],
+        ..InterceptSpec::default()
+    }
+}
+
+#[test]
+fn meshed_attachment_gets_a_sidecar_in_its_namespace_until_del() {
+    let stand_in = StandIn::new();
+    let ctr = Ctr::new();
+    let plain = Ctr::new();
+    let d = daemon(&stand_in, "mesh-del");
+    let client = d.client();
+    rt().block_on(async {
+        mesh_network(&client, "meshed", "10.123.0.0/24", true).await;
+        attach(&client, "c1", "meshed", &ctr, "10.123.0.5/24").await;
+        // The same on a network without the mesh: no sidecar, no rules.
+        attach(&client, "c2", "netd", &plain, "10.89.0.5/24").await;
+
+        let pid = running(&client, "c1", &ctr).await;
+        let s = sidecar(&client, "c1").await.expect("status");
+        assert!(s.intercepting && !s.adopted && s.restarts == 0, "{s:?}");
+        assert_eq!((s.network.as_str(), s.netns.clone()), ("meshed", ctr.path()));
+        // The contract's command line.
+        let starts = stand_in.starts();
+        let (_, args) = starts.iter().find(|(p, _)| *p == pid).expect("logged start");
+        let want = format!(
+            "--socket {} --container-id c1 --netns {} --outbound 127.0.0.1:15001 --inbound 0.0.0.0:15006 --admin 127.0.0.1:15000 --dns 127.0.0.1:15053 --mark 0x4e44 --drain-timeout 1s",
+            d.socket.display(),
+            ctr.path()
+        );
+        assert_eq!(args, &want);
+        // The rules, for the container's address.
+        assert!(ctr.intercepting());
+        intercept::check(&ctr.netns(), &spec_for("10.123.0.5")).expect("rules as specified");
+        assert!(d.data_dir.join("sidecars/c1_eth0.pid").exists());
+
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(plain.procs().is_empty() && !plain.intercepting());
+        assert_eq!(client.sidecars().await.expect("sidecars").len(), 1);
+
+        // DEL: the sidecar stops (SIGTERM suffices here), the rules and pidfile go.
+        let t = Instant::now();
+        client.detach("c1", "eth0").await.expect("detach");
+        assert!(
+            eventually(WAIT, || async { ctr.procs().is_empty() && !ctr.intercepting() }).await,
+            "procs {:?}, log:\n{}",
+            ctr.procs(),
+            d.log()
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(sidecar(&client, "c1").await.is_none());
+        assert!(!d.data_dir.join("sidecars/c1_eth0.pid").exists());
+    });
+}
+
+#[test]
+fn crashing_sidecar_is_restarted_with_capped_backoff() {
+    let stand_in = StandIn::new();
+    let ctr = Ctr::new();
+    let d = daemon(&stand_in, "mesh-crash");
+    let client = d.client();
+    rt().block_on(async {
+        mesh_network(&client, "meshed", "10.124.0.0/24", true).await;
+        stand_in.set("crash", true);
+        attach(&client, "c1", "meshed", &ctr, "10.124.0.5/24").await;
+        // Exits at once, every time: restarts after 0.25, 0.5, 1, 2 s... not in a tight loop.
+        assert!(
+            eventually(WAIT, || async {
+                sidecar(&client, "c1")
+                    .await
+                    .is_some_and(|s| s.restarts >= 1)
+            })
+            .await
+        );
+        tokio::time::sleep(Duration::from_millis(3200)).await;
+        let s = sidecar(&client, "c1").await.expect("status");
+        assert!((3..=5).contains(&s.restarts), "{s:?}");
+        assert_eq!(s.state, SidecarState::Backoff);
+        assert!(
+            s.last_error.as_deref().unwrap_or("").contains("status 3"),
+            "{s:?}"
+        );
+        assert!(s.intercepting, "rules stay while the sidecar restarts");
+        assert!(ctr.intercepting());
+
+        // Fixed: the next attempt (within the capped delay) runs, alone.
+        stand_in.set("crash", false);
+        let pid = running(&client, "c1", &ctr).await;
+        // Killed: started again, and still only one.
+        common::send_signal(pid as i32, libc::SIGKILL);
+        assert!(
+            eventually(WAIT, || async {
+                sidecar(&client, "c1")
+                    .await
+                    .and_then(|s| s.pid)
+                    .is_some_and(|p| p != pid)
+            })
+            .await
+        );
+        let again = running(&client, "c1", &ctr).await;
+        assert_ne!(again, pid);
+    });
+}
+
+#[test]
+fn sidecar_ignoring_sigterm_is_killed_after_the_bound() {
+    let stand_in = StandIn::new();
+    let ctr = Ctr::new();
+    let d = daemon(&stand_in, "mesh-kill");
+    let client = d.client();
+    stand_in.set("ignore-term", true);
+    rt().block_on(async {
+        mesh_network(&client, "meshed", "10.125.0.0/24", true).await;
+        attach(&client, "c1", "meshed", &ctr, "10.125.0.5/24").await;
+        running(&client, "c1", &ctr).await;
+        let t = Instant::now();
+        client.detach("c1", "eth0").await.expect("detach");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(ctr.procs().len(), 1, "SIGTERM is ignored: still there");
+        assert!(
+            eventually(WAIT, || async { ctr.procs().is_empty() }).await,
+            "not killed"
+        );
+        // Drain 1 s + 2 s grace, then SIGKILL.
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(2900) && took < Duration::from_secs(6),
+            "{took:?}"
+        );
+        assert!(eventually(WAIT, || async { !ctr.intercepting() }).await);
+    });
+}
+
+#[test]
+fn restarted_netd_adopts_sidecars_and_a_stopped_netd_leaves_nothing() {
+    let stand_in = StandIn::new();
+    let ctr = Ctr::new();
+    let ctr2 = Ctr::new();
+    let mut d = daemon(&stand_in, "mesh-adopt");
+    let client = d.client();
+    let rt = rt();
+    let (pid, pid2) = rt.block_on(async {
+        mesh_network(&client, "meshed", "10.126.0.0/24", true).await;
+        attach(&client, "c1", "meshed", &ctr, "10.126.0.5/24").await;
+        attach(&client, "c2", "meshed", &ctr2, "10.126.0.6/24").await;
+        (
+            running(&client, "c1", &ctr).await,
+            running(&client, "c2", &ctr2).await,
+        )
+    });
+
+    // netd crashes: the sidecars and their rules stay (the mesh keeps serving).
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ctr.procs(), [pid]);
+    assert!(ctr.intercepting());
+
+    // The next netd adopts them: no second process, no new start.
+    d.spawn();
+    rt.block_on(async {
+        assert_eq!(running(&client, "c1", &ctr).await, pid);
+        assert_eq!(running(&client, "c2", &ctr2).await, pid2);
+        let s = sidecar(&client, "c1").await.expect("status");
+        assert!(s.adopted, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(ctr.procs(), [pid]);
+        assert_eq!(stand_in.starts().len(), 2, "{:?}", stand_in.starts());
+
+        // An adopted sidecar that dies is started again (watched through its pidfd).
+        common::send_signal(pid as i32, libc::SIGKILL);
+        assert!(
+            eventually(WAIT, || async {
+                sidecar(&client, "c1")
+                    .await
+                    .and_then(|s| s.pid)
+                    .is_some_and(|p| p != pid)
+            })
+            .await
+        );
+        running(&client, "c1", &ctr).await;
+    });
+
+    // A normal stop: every sidecar stopped, every rule and pidfile removed.
+    d.signal(libc::SIGTERM);
+    assert!(
+        d.wait_exit(WAIT).is_some_and(|s| s.success()),
+        "{}",
+        d.log()
+    );
+    for c in [&ctr, &ctr2] {
+        assert!(c.procs().is_empty(), "{:?}", c.procs());
+        assert!(!c.intercepting());
+    }
+    let left: Vec<PathBuf> = std::fs::read_dir(d.data_dir.join("sidecars"))
+        .expect("state dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
