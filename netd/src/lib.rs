@@ -11,8 +11,9 @@
 //! - [`mesh`]: one supervised `netd-sidecar` per container on a meshed network, with
 //!   transparent interception in its namespace.
 //!
-//! Service VIPs (nf_tables), the etcd store and sidecars come in later
-//! steps; they plug into the registry's snapshot and watch feed.
+//! - [`vip`]: service VIPs balanced in nf_tables.
+//!
+//! The etcd store comes in a later step; it plugs in behind the registry's store trait.
 
 pub mod api;
 pub mod cli;

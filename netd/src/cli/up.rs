@@ -33,6 +33,7 @@ Example systemd unit (/etc/systemd/system/netd.service):
   [Service]
   ExecStart=/usr/local/bin/netd up
   Restart=on-failure
+  KillMode=process
   [Install]
   WantedBy=multi-user.target")]
 pub struct Args {

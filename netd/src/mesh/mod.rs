@@ -46,6 +46,8 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_SIDECAR_DRAIN: Duration = Duration::from_secs(5);
 /// How much longer than its drain timeout a sidecar gets after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
+/// The sidecar's admin listener (`--admin`), inside the container's namespace.
+pub const SIDECAR_ADMIN: &str = "127.0.0.1:15000";
 /// File name of the sidecar binary.
 pub const SIDECAR_BIN: &str = "netd-sidecar";
 

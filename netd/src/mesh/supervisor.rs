@@ -86,7 +86,7 @@ pub fn sidecar_args(opts: &MeshOptions, t: &Target) -> Vec<String> {
         "--inbound",
         &format!("0.0.0.0:{}", spec.inbound_port),
         "--admin",
-        "127.0.0.1:15000",
+        super::SIDECAR_ADMIN,
         "--dns",
         &format!(
             "127.0.0.1:{}",
@@ -115,6 +115,21 @@ async fn install_rules(t: &Target) -> Result<(), String> {
             .map_err(|e| e.to_string())
     })
     .await
+}
+
+/// Fails when `path` is netd's own network namespace (an attachment recorded with the host's
+/// namespace, e.g. a host-network container): intercepting there would capture the host's
+/// traffic, netd's included.
+pub fn refuse_own_netns(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    match (id(path), id(Path::new("/proc/self/ns/net"))) {
+        (Ok(a), Ok(b)) if a == b => Err(format!(
+            "{} is netd's own network namespace: not intercepting there",
+            path.display()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Removes the rules from the namespace at `path`, on a blocking thread. A namespace that is
@@ -291,4 +306,41 @@ fn start(t: &Target, opts: &MeshOptions, pidfile: &Path) -> Result<Proc, String>
         }
     }
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_namespace_is_refused() {
+        let err = refuse_own_netns(Path::new("/proc/self/ns/net")).expect_err("own netns");
+        assert!(err.contains("own network namespace"), "{err}");
+        assert!(refuse_own_netns(Path::new("/run/netns/netd-no-such-namespace")).is_ok());
+    }
+
+    #[test]
+    fn args_follow_the_sidecar_contract() {
+        let opts = MeshOptions {
+            sidecar_bin: "netd-sidecar".into(),
+            api_socket: "/run/netd/netd.sock".into(),
+            state_dir: "/tmp/x".into(),
+            sidecar_drain: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+        };
+        let t = Target {
+            container_id: "abc".into(),
+            ifname: "eth0".into(),
+            network: "n".into(),
+            netns: "/run/netns/x".into(),
+            ips: Vec::new(),
+        };
+        assert_eq!(
+            sidecar_args(&opts, &t).join(" "),
+            "--socket /run/netd/netd.sock --container-id abc --netns /run/netns/x \
+             --outbound 127.0.0.1:15001 --inbound 0.0.0.0:15006 --admin 127.0.0.1:15000 \
+             --dns 127.0.0.1:15053 --mark 0x4e44 --drain-timeout 5s"
+        );
+    }
 }
