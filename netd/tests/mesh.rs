@@ -94,6 +94,16 @@ impl Ctr {
         String::from_utf8_lossy(&out.stdout).contains(intercept::TABLE)
     }
 
+    /// Deletes the namespace's path, as a runtime does when the container is gone (processes
+    /// inside keep the namespace itself alive).
+    fn delete(&self) {
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output()
+            .expect("run ip");
+        assert!(out.status.success(), "ip netns del {}", self.name);
+    }
+
     fn netns(&self) -> NetNs {
         NetNs::open(self.path()).expect("open netns")
     }
@@ -152,17 +162,44 @@ impl StandIn {
 }
 
 fn daemon(stand_in: &StandIn, tag: &str) -> Daemon {
+    daemon_with(stand_in, tag, &[])
+}
+
+fn daemon_with(stand_in: &StandIn, tag: &str, extra: &[&str]) -> Daemon {
     let bin = stand_in.bin();
-    Daemon::start_with(
-        tag,
-        &[
-            "--no-network-dns",
-            "--sidecar-bin",
-            bin.to_str().expect("utf-8 path"),
-            "--sidecar-drain-timeout",
-            "1",
-        ],
-    )
+    let mut args = vec![
+        "--no-network-dns",
+        "--sidecar-bin",
+        bin.to_str().expect("utf-8 path"),
+        "--sidecar-drain-timeout",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start_with(tag, &args)
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+/// SIGKILLs a process this test's netd started, by pid, on drop (for processes in a namespace
+/// whose path is gone, which [`Ctr`]'s drop can no longer find).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            // SAFETY: kill(2) on a stand-in sidecar started by this test's netd.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -433,4 +470,39 @@ fn restarted_netd_adopts_sidecars_and_a_stopped_netd_leaves_nothing() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn sidecar_of_a_container_gone_while_netd_was_down_is_stopped() {
+    let stand_in = StandIn::new();
+    let ctr = Ctr::new();
+    let mut d = daemon_with(&stand_in, "mesh-gone", &["--netns-sweep-ms", "200"]);
+    let client = d.client();
+    let rt = rt();
+    let pid = rt.block_on(async {
+        mesh_network(&client, "meshed", "10.127.0.0/24", true).await;
+        attach(&client, "c1", "meshed", &ctr, "10.127.0.5/24").await;
+        running(&client, "c1", &ctr).await
+    });
+    let _guard = KillOnDrop(pid);
+    d.kill9();
+    ctr.delete();
+    assert!(alive(pid), "the sidecar outlives netd");
+    d.spawn();
+    // The liveness sweep removes the attachment; its adopted sidecar goes with it.
+    let t = Instant::now();
+    while alive(pid) && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(pid), "orphan still running; log:\n{}", d.log());
+    rt.block_on(async {
+        assert!(
+            eventually(WAIT, || async {
+                client.sidecars().await.is_ok_and(|l| l.is_empty())
+            })
+            .await
+        );
+    });
+    assert!(!d.data_dir.join("sidecars/c1_eth0.pid").exists());
+    assert_eq!(stand_in.starts().len(), 1, "never started again");
 }

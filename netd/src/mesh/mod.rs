@@ -275,5 +275,9 @@ async fn stop_orphan(rec: PidFile, path: PathBuf, opts: Arc<MeshOptions>) {
     if let Err(e) = supervisor::remove_rules(&rec.netns).await {
         crate::log(&format!("sidecar {key}: cannot remove interception: {e}"));
     }
-    let _ = std::fs::remove_file(&path);
+    // The attachment may have come back in another namespace, and its new sidecar rewritten
+    // the pidfile meanwhile: remove only the orphan's.
+    if PidFile::read(&path).is_some_and(|now| now == rec) {
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -173,9 +173,23 @@ pub async fn supervise(
     }
     let key = format!("{}/{}", t.container_id, t.ifname);
     let pidfile = PidFile::path(&opts.state_dir, &t.container_id, &t.ifname);
+    // A sidecar left by an earlier netd is adopted first, so that whatever happens next
+    // (even the attachment going before its rules could be written) it is stopped with it.
+    let mut proc = PidFile::read(&pidfile)
+        .filter(|rec| rec.netns == t.netns)
+        .and_then(|rec| Proc::adopt(&rec));
+    if let Some(p) = &proc {
+        crate::log(&format!(
+            "sidecar {key}: adopted running process {}",
+            p.pid().unwrap_or(0)
+        ));
+        update(&status, |s| {
+            s.adopted = true;
+            s.pid = p.pid();
+        });
+    }
+    // Rules before any new process; a namespace not usable yet is retried like a crash.
     let mut delay = opts.backoff_min;
-    let mut proc = None;
-    // Rules first; a namespace not usable yet is retried like a crash.
     let stopped = loop {
         match install_rules(&t).await {
             Ok(()) => {
@@ -196,16 +210,6 @@ pub async fn supervise(
         }
     };
     if !stopped {
-        proc = PidFile::read(&pidfile)
-            .filter(|rec| rec.netns == t.netns)
-            .and_then(|rec| Proc::adopt(&rec));
-        if let Some(p) = &proc {
-            crate::log(&format!(
-                "sidecar {key}: adopted running process {}",
-                p.pid().unwrap_or(0)
-            ));
-            update(&status, |s| s.adopted = true);
-        }
         proc = run(&t, &opts, &status, &mut stop, proc, &pidfile).await;
     }
     update(&status, |s| s.state = SidecarState::Stopping);
