@@ -26,7 +26,8 @@ use netd_config::netd::{AttachmentSpec, NetworkSpec};
 const WAIT: Duration = Duration::from_secs(15);
 
 /// The stand-in sidecar. Files next to it steer it: `crash` makes it exit with status 3 at
-/// once, `ignore-term` makes it ignore SIGTERM.
+/// once, `ignore-term` makes it ignore SIGTERM, `listen` makes it answer `sidecar` on the
+/// outbound listener (127.0.0.1:15001) instead of sleeping.
 const STAND_IN: &str = r#"#!/bin/sh
 dir=$(dirname "$0")
 echo "$$ $*" >> "$dir/args.log"
@@ -37,6 +38,8 @@ while [ $# -gt 0 ]; do
 done
 [ -e "$dir/crash" ] && exit 3
 [ -e "$dir/ignore-term" ] && trap '' TERM
+[ -e "$dir/listen" ] && exec nsenter --net="$netns" \
+    socat TCP-LISTEN:15001,bind=127.0.0.1,reuseaddr,fork SYSTEM:"echo sidecar"
 exec nsenter --net="$netns" sleep 1000
 "#;
 
@@ -505,4 +508,64 @@ fn sidecar_of_a_container_gone_while_netd_was_down_is_stopped() {
     });
     assert!(!d.data_dir.join("sidecars/c1_eth0.pid").exists());
     assert_eq!(stand_in.starts().len(), 1, "never started again");
+}
+
+#[test]
+fn traffic_of_a_meshed_container_reaches_its_sidecar() {
+    let stand_in = StandIn::new();
+    stand_in.set("listen", true);
+    let ctr = Ctr::new();
+    let d = daemon(&stand_in, "mesh-traffic");
+    let client = d.client();
+    // A route, so that connect() gets as far as the nat output hook.
+    let out = Command::new("ip")
+        .args([
+            "-n", &ctr.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+        ])
+        .output()
+        .expect("ip");
+    assert!(out.status.success());
+    for args in [
+        &["link", "set", "lo", "up"][..],
+        &["link", "set", "eth1", "up"],
+        &["link", "set", "eth0", "up"],
+        &["addr", "add", "10.128.0.5/24", "dev", "eth0"],
+        &["route", "add", "default", "dev", "eth0"],
+    ] {
+        let out = Command::new("ip")
+            .args(["-n", &ctr.name])
+            .args(args)
+            .output()
+            .expect("ip");
+        assert!(out.status.success(), "ip {args:?}");
+    }
+    rt().block_on(async {
+        mesh_network(&client, "meshed", "10.128.0.0/24", true).await;
+        attach(&client, "c1", "meshed", &ctr, "10.128.0.5/24").await;
+        running(&client, "c1", &ctr).await;
+    });
+    // An unmodified client in the container, calling an address nobody has, is answered by
+    // its sidecar.
+    let answer = ctr
+        .netns()
+        .run(|| {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let got = std::net::TcpStream::connect_timeout(
+                    &"10.200.1.1:80".parse().expect("addr"),
+                    Duration::from_secs(1),
+                )
+                .and_then(|mut c| {
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut c, &mut s).map(|_| s)
+                });
+                match got {
+                    Ok(s) => return s,
+                    Err(e) if Instant::now() > deadline => return format!("{e}"),
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        })
+        .expect("run in netns");
+    assert_eq!(answer.trim(), "sidecar");
 }
