@@ -47,6 +47,7 @@ exec nsenter --net="$netns" sleep 1000
 /// namespace deleted.
 struct Ctr {
     name: String,
+    deleted: std::cell::Cell<bool>,
 }
 
 impl Ctr {
@@ -62,7 +63,10 @@ impl Ctr {
             .output()
             .expect("run ip");
         assert!(out.status.success(), "ip netns add {name}");
-        Ctr { name }
+        Ctr {
+            name,
+            deleted: std::cell::Cell::new(false),
+        }
     }
 
     fn path(&self) -> String {
@@ -105,6 +109,7 @@ impl Ctr {
             .output()
             .expect("run ip");
         assert!(out.status.success(), "ip netns del {}", self.name);
+        self.deleted.set(true);
     }
 
     fn netns(&self) -> NetNs {
@@ -118,9 +123,11 @@ impl Drop for Ctr {
             // SAFETY: kill(2) on a stand-in sidecar this test's netd started in this namespace.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        if !self.deleted.get() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
     }
 }
 
@@ -284,7 +291,16 @@ fn meshed_attachment_gets_a_sidecar_in_its_namespace_until_del() {
     let stand_in = StandIn::new();
     let ctr = Ctr::new();
     let plain = Ctr::new();
-    let d = daemon(&stand_in, "mesh-del");
+    let d = daemon_with(
+        &stand_in,
+        "mesh-del",
+        &[
+            "--mesh-exclude-port",
+            "22",
+            "--mesh-exclude-cidr",
+            "192.0.2.0/24",
+        ],
+    );
     let client = d.client();
     rt().block_on(async {
         mesh_network(&client, "meshed", "10.123.0.0/24", true).await;
@@ -307,12 +323,26 @@ fn meshed_attachment_gets_a_sidecar_in_its_namespace_until_del() {
         assert_eq!(args, &want);
         // The rules, for the container's address.
         assert!(ctr.intercepting());
-        intercept::check(&ctr.netns(), &spec_for("10.123.0.5")).expect("rules as specified");
+        let spec = InterceptSpec {
+            exclude_outbound_ports: vec![22],
+            exclude_cidrs: vec!["192.0.2.0/24".parse().expect("cidr")],
+            ..spec_for("10.123.0.5")
+        };
+        intercept::check(&ctr.netns(), &spec).expect("rules as specified");
         assert!(d.data_dir.join("sidecars/c1_eth0.pid").exists());
 
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(plain.procs().is_empty() && !plain.intercepting());
         assert_eq!(client.sidecars().await.expect("sidecars").len(), 1);
+        let table = common::ok(&d.cli(&["sidecars"]));
+        assert!(
+            table.contains("c1") && table.contains("running") && table.contains(&pid.to_string()),
+            "{table}"
+        );
+        let json: Vec<SidecarStatus> =
+            serde_json::from_str(&common::ok(&d.cli(&["-o", "json", "sidecars"]))).expect("json");
+        assert_eq!(json.len(), 1);
+        assert_eq!(json[0].pid, Some(pid));
 
         // DEL: the sidecar stops (SIGTERM suffices here), the rules and pidfile go.
         let t = Instant::now();
@@ -359,9 +389,19 @@ fn crashing_sidecar_is_restarted_with_capped_backoff() {
         assert!(s.intercepting, "rules stay while the sidecar restarts");
         assert!(ctr.intercepting());
 
-        // Fixed: the next attempt (within the capped delay) runs, alone.
+        // Someone flushes the rules meanwhile: the next restart repairs them.
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ctr.name, "nft", "flush", "chain", "inet"])
+            .args([intercept::TABLE, "output"])
+            .output()
+            .expect("nft");
+        assert!(out.status.success());
+        assert!(intercept::check(&ctr.netns(), &spec_for("10.124.0.5")).is_err());
+
+        // Fixed: the next attempt (within the capped delay) runs, alone, with its rules.
         stand_in.set("crash", false);
         let pid = running(&client, "c1", &ctr).await;
+        intercept::check(&ctr.netns(), &spec_for("10.124.0.5")).expect("rules repaired");
         // Killed: started again, and still only one.
         common::send_signal(pid as i32, libc::SIGKILL);
         assert!(

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use netd_cni::nat::intercept::InterceptSpec;
 use netd_config::netd::{DEFAULT_CNI_CONF_DIR, DEFAULT_DATA_DIR, DEFAULT_VIP_RANGE};
 
 use super::CliError;
@@ -78,6 +79,16 @@ pub struct Args {
     /// The sidecar program (default: netd-sidecar next to netd, else on PATH).
     #[arg(long, value_name = "PATH")]
     pub sidecar_bin: Option<PathBuf>,
+    /// Outbound destination port that meshed containers reach directly, not through their
+    /// sidecar (e.g. 22). Repeatable.
+    #[arg(long = "mesh-exclude-port", value_name = "PORT")]
+    pub mesh_exclude_ports: Vec<u16>,
+    /// Inbound port of meshed containers that bypasses their sidecar. Repeatable.
+    #[arg(long = "mesh-exclude-inbound-port", value_name = "PORT")]
+    pub mesh_exclude_inbound_ports: Vec<u16>,
+    /// Destinations (CIDR) that meshed containers reach directly. Repeatable.
+    #[arg(long = "mesh-exclude-cidr", value_name = "CIDR")]
+    pub mesh_exclude_cidrs: Vec<IpNet>,
     /// Seconds a sidecar may drain on stop (its --drain-timeout); SIGKILL 2 s after that.
     #[arg(long, default_value_t = mesh::DEFAULT_SIDECAR_DRAIN.as_secs(), value_name = "SECONDS")]
     pub sidecar_drain_timeout: u64,
@@ -127,6 +138,12 @@ pub async fn run(socket: &Path, args: Args) -> Result<(), CliError> {
             sidecar_drain: Duration::from_secs(args.sidecar_drain_timeout),
             backoff_min: mesh::DEFAULT_BACKOFF_MIN,
             backoff_max: mesh::DEFAULT_BACKOFF_MAX,
+            intercept: InterceptSpec {
+                exclude_outbound_ports: args.mesh_exclude_ports,
+                exclude_inbound_ports: args.mesh_exclude_inbound_ports,
+                exclude_cidrs: args.mesh_exclude_cidrs,
+                ..InterceptSpec::default()
+            },
         }),
     })
     .await?;

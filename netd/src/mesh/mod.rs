@@ -66,6 +66,9 @@ pub struct MeshOptions {
     pub backoff_min: Duration,
     /// Largest restart delay.
     pub backoff_max: Duration,
+    /// Interception settings for every sidecar (ports, mark, exclusions); each attachment's
+    /// addresses are filled in per sidecar.
+    pub intercept: netd_cni::nat::intercept::InterceptSpec,
 }
 
 impl MeshOptions {

@@ -63,17 +63,17 @@ fn update(status: &Shared, f: impl FnOnce(&mut SidecarStatus)) {
     }
 }
 
-/// The interception settings for `t`.
-pub fn intercept_spec(t: &Target) -> InterceptSpec {
+/// The interception settings for `t`: the node's (ports, mark, exclusions) for its addresses.
+pub fn intercept_spec(opts: &MeshOptions, t: &Target) -> InterceptSpec {
     InterceptSpec {
         addresses: t.ips.clone(),
-        ..InterceptSpec::default()
+        ..opts.intercept.clone()
     }
 }
 
 /// The sidecar's command line (the contract with `netd-sidecar`).
 pub fn sidecar_args(opts: &MeshOptions, t: &Target) -> Vec<String> {
-    let spec = InterceptSpec::default();
+    let spec = &opts.intercept;
     let mut args: Vec<String> = [
         "--socket",
         &opts.api_socket.display().to_string(),
@@ -104,8 +104,8 @@ pub fn sidecar_args(opts: &MeshOptions, t: &Target) -> Vec<String> {
 }
 
 /// Installs the rules for `t` in its namespace, on a blocking thread.
-async fn install_rules(t: &Target) -> Result<(), String> {
-    let spec = intercept_spec(t);
+async fn install_rules(opts: &MeshOptions, t: &Target) -> Result<(), String> {
+    let spec = intercept_spec(opts, t);
     let path = t.netns.clone();
     blocking(move || {
         let ns =
@@ -191,7 +191,7 @@ pub async fn supervise(
     // Rules before any new process; a namespace not usable yet is retried like a crash.
     let mut delay = opts.backoff_min;
     let stopped = loop {
-        match install_rules(&t).await {
+        match install_rules(&opts, &t).await {
             Ok(()) => {
                 update(&status, |s| s.intercepting = true);
                 break false;
@@ -238,7 +238,15 @@ async fn run(
 ) -> Option<Proc> {
     let key = format!("{}/{}", t.container_id, t.ifname);
     let mut delay = opts.backoff_min;
+    let mut first = true;
     loop {
+        // Before a restart, repair the rules if something changed them meanwhile (a no-op
+        // when they are intact).
+        if !std::mem::take(&mut first) && proc.is_none() {
+            if let Err(e) = install_rules(opts, t).await {
+                crate::log(&format!("sidecar {key}: cannot check interception: {e}"));
+            }
+        }
         let mut p = match proc.take() {
             Some(p) => p,
             None => match start(t, opts, pidfile) {
@@ -332,6 +340,7 @@ mod tests {
             sidecar_drain: Duration::from_secs(5),
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
+            intercept: InterceptSpec::default(),
         };
         let t = Target {
             container_id: "abc".into(),
