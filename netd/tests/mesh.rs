@@ -609,3 +609,65 @@ fn traffic_of_a_meshed_container_reaches_its_sidecar() {
         .expect("run in netns");
     assert_eq!(answer.trim(), "sidecar");
 }
+
+#[test]
+fn netds_own_namespace_is_never_intercepted() {
+    // netd runs inside a throwaway namespace, so that even a broken guard could only touch
+    // that namespace.
+    let stand_in = StandIn::new();
+    let host = Ctr::new();
+    let dir = TempDir::new("mesh-own");
+    let socket = dir.0.join("netd.sock");
+    let log = std::fs::File::create(dir.0.join("daemon.log")).expect("log");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &host.name, common::BIN, "--socket"])
+        .arg(&socket)
+        .arg("up")
+        .arg("--data-dir")
+        .arg(dir.0.join("data"))
+        .arg("--cni-conf-dir")
+        .arg(dir.0.join("cni"))
+        .args(["--node", "test-node", "--no-network-dns", "--no-vip"])
+        .arg("--sidecar-bin")
+        .arg(stand_in.bin())
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn netd");
+    // Killed and reaped first on the way out (`ip netns exec` execs netd: this is netd).
+    let _netd = Reap(child);
+    assert!(common::wait_until(WAIT, || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    }));
+    let client = Client::new(&socket);
+    rt().block_on(async {
+        mesh_network(&client, "meshed", "10.129.0.0/24", true).await;
+        attach(&client, "c1", "meshed", &host, "10.129.0.5/24").await;
+        assert!(
+            eventually(WAIT, || async {
+                sidecar(&client, "c1")
+                    .await
+                    .and_then(|s| s.last_error)
+                    .is_some_and(|e| e.contains("own network namespace"))
+            })
+            .await,
+            "{:?}",
+            sidecar(&client, "c1").await
+        );
+        let s = sidecar(&client, "c1").await.expect("status");
+        assert!(!s.intercepting && s.pid.is_none(), "{s:?}");
+    });
+    assert!(!host.intercepting());
+    assert!(stand_in.starts().is_empty());
+}
+
+/// A child process killed and reaped on drop.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -108,6 +108,7 @@ async fn install_rules(opts: &MeshOptions, t: &Target) -> Result<(), String> {
     let spec = intercept_spec(opts, t);
     let path = t.netns.clone();
     blocking(move || {
+        refuse_own_netns(Path::new(&path))?;
         let ns =
             NetNs::open(&path).map_err(|e| format!("cannot open network namespace {path}: {e}"))?;
         intercept::install(&ns, &spec)
@@ -144,7 +145,15 @@ pub async fn remove_rules(path: &str) -> Result<(), String> {
     .await
 }
 
+/// Rule operations in flight at once: a netd starting with many meshed containers programs
+/// their namespaces a few at a time instead of occupying a thread per container.
+static RULE_OPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 async fn blocking(f: impl FnOnce() -> Result<(), String> + Send + 'static) -> Result<(), String> {
+    let _permit = RULE_OPS
+        .acquire()
+        .await
+        .map_err(|e| format!("rules: {e}"))?;
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(format!("rules task failed: {e}")))
