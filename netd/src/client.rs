@@ -356,6 +356,11 @@ impl Client {
         self.get("/v1/attachments").await
     }
 
+    /// `GET /v1/sidecars`.
+    pub async fn sidecars(&self) -> Result<Vec<crate::mesh::status::SidecarStatus>, ClientError> {
+        self.get("/v1/sidecars").await
+    }
+
     /// `POST /v1/leases`.
     pub async fn grant_lease(&self, ttl_seconds: u64) -> Result<Lease, ClientError> {
         self.post("/v1/leases", &LeaseGrant { ttl_seconds }).await

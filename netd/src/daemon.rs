@@ -4,10 +4,10 @@
 //! file), open the store (embedded: its file lock refuses a second daemon on the same data
 //! directory; etcd: a member must answer), load the registry, create the default network and write conflists, bind the API
 //! socket (mode 0660, group `netd` when it exists), start the background tasks (lease expiry,
-//! health checks, attachment liveness, DNS names and listeners, service VIPs) and the API server, print one
-//! line. On SIGTERM or
-//! ctrl-c: stop accepting, let in-flight requests finish (bounded), stop the background tasks,
-//! remove the socket.
+//! health checks, attachment liveness, DNS names and listeners, service VIPs, sidecars) and the API
+//! server, print one line. On SIGTERM or
+//! ctrl-c: stop accepting, let in-flight requests finish (bounded), stop the background tasks
+//! (sidecars are stopped and their rules removed), remove the socket.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::api::peer::Access;
 use crate::api::{self, ApiState};
 use crate::dns::{self, DnsOptions};
+use crate::mesh::{self, MeshOptions};
 use crate::networks::Networks;
 use crate::registry::leases;
 use crate::registry::store::{self, StoreError};
@@ -55,6 +56,8 @@ pub struct DaemonOptions {
     pub dns: DnsOptions,
     /// Program service VIPs (nf_tables) in the daemon's network namespace.
     pub vip: bool,
+    /// Supervise sidecars for meshed networks (`None`: `--no-mesh`).
+    pub mesh: Option<MeshOptions>,
 }
 
 /// The daemon could not start, or failed while running.
@@ -115,6 +118,13 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 
     let (drain_tx, drain_rx) = watch::channel(false);
     let (dns, dns_tasks) = dns::start(registry.clone(), opts.dns.clone(), drain_rx.clone());
+    let (mesh, sidecars) = match opts.mesh.clone() {
+        Some(m) => {
+            let (handle, task) = mesh::start(registry.clone(), m, drain_rx.clone());
+            (Some(handle), Some(task))
+        }
+        None => (None, None),
+    };
     let state = Arc::new(ApiState {
         registry: registry.clone(),
         networks,
@@ -123,6 +133,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         drain: drain_rx.clone(),
         access,
         dns,
+        mesh,
     });
     let server = tokio::spawn(api::serve(listener, state, opts.drain_timeout));
     let expiry = tokio::spawn(leases::run_expiry(registry.clone(), drain_rx.clone()));
@@ -177,6 +188,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let _ = sweep.await;
     if let Some(vips) = vips {
         let _ = vips.await;
+    }
+    if let Some(sidecars) = sidecars {
+        let _ = sidecars.await;
     }
     for task in dns_tasks {
         let _ = task.await;

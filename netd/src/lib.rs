@@ -8,9 +8,12 @@
 //! - [`health`]: active health checks of service endpoints (TCP connect, HTTP GET).
 //! - [`liveness`]: removes attachments (and their endpoints) whose container namespace is gone.
 //! - [`dns`]: answers DNS for the networks' containers and services (crate `netd-dns`).
+//! - [`mesh`]: one supervised `netd-sidecar` per container on a meshed network, with
+//!   transparent interception in its namespace.
 //!
-//! Service VIPs (nf_tables), the etcd store and sidecars come in later
-//! steps; they plug into the registry's snapshot and watch feed.
+//! - [`vip`]: service VIPs balanced in nf_tables.
+//!
+//! The etcd store comes in a later step; it plugs in behind the registry's store trait.
 
 pub mod api;
 pub mod cli;
@@ -20,6 +23,7 @@ pub mod daemon;
 pub mod dns;
 pub mod health;
 pub mod liveness;
+pub mod mesh;
 pub mod networks;
 pub mod registry;
 pub mod vip;

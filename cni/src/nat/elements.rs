@@ -79,7 +79,18 @@ fn ifname(name: &str, what: &str) -> Result<[u8; 16], NatError> {
 /// the address space, where a start alone runs to the end).
 fn subnet_item(set: &'static SetDef, net: IpNet) -> Item {
     let net = net.trunc();
-    let (start, end) = match net {
+    Item {
+        set,
+        elems: interval(net),
+        what: format!("subnet {net} in set {}", set.name),
+        port: None,
+    }
+}
+
+/// The elements of subnet `net` in an interval set: its first address, and one past its last
+/// flagged `NFT_SET_ELEM_INTERVAL_END` (omitted at the top of the address space).
+pub(super) fn interval(net: IpNet) -> Vec<Elem> {
+    let (start, end) = match net.trunc() {
         IpNet::V4(n) => (
             n.network().octets().to_vec(),
             u32::from(n.broadcast())
@@ -103,12 +114,7 @@ fn subnet_item(set: &'static SetDef, net: IpNet) -> Item {
         data: None,
         end: true,
     }));
-    Item {
-        set,
-        elems,
-        what: format!("subnet {net} in set {}", set.name),
-        port: None,
-    }
+    elems
 }
 
 /// The elements of a network: subnets (and masquerade), its bridge, and isolation.

@@ -1,7 +1,8 @@
 //! The nf_tables expressions netd's rules use, and their netlink encoding.
 //!
-//! Only what the `netd` tables need (meta, payload, cmp, bitwise, lookup, immediate verdicts,
-//! nat, masq, ct status, fib): rules are composed from these in `ruleset`. Attribute numbers
+//! Only what the `netd` tables need (meta, payload, cmp, bitwise, lookup, immediate verdicts
+//! and values, nat, masq, redir, ct status, fib): rules are composed from these in `ruleset`
+//! and `intercept`. Attribute numbers
 //! are the `NFTA_*` enums of `linux/netfilter/nf_tables.h`.
 
 use super::nfnl::Attrs;
@@ -14,8 +15,10 @@ pub(super) const REG_1: u32 = 1;
 pub(super) const REG32_00: u32 = 8;
 
 /// `NFT_META_*` keys.
+pub(super) const META_MARK: u32 = 3;
 pub(super) const META_IIFNAME: u32 = 6;
 pub(super) const META_OIFNAME: u32 = 7;
+pub(super) const META_SKUID: u32 = 10;
 pub(super) const META_NFPROTO: u32 = 15;
 pub(super) const META_L4PROTO: u32 = 16;
 
@@ -37,6 +40,8 @@ pub(super) enum Verdict {
     Drop,
     /// `NFT_JUMP` to a chain of the same table.
     Jump(&'static str),
+    /// `NFT_RETURN`: leave the chain (in a base chain: its policy applies).
+    Return,
 }
 
 /// One expression of a rule.
@@ -64,6 +69,12 @@ pub(super) enum Expr {
     },
     /// An immediate verdict.
     Verdict(Verdict),
+    /// An immediate value loaded into `dreg`.
+    Value { dreg: u32, data: Vec<u8> },
+    /// `redirect to :port`, the port (network order) in `port_reg`: DNAT to the local
+    /// machine (`127.0.0.1`/`::1` from the output hook, the incoming interface's primary
+    /// address from prerouting) keeping the original destination for `SO_ORIGINAL_DST`.
+    Redirect { port_reg: u32 },
     /// DNAT to the address in `NFT_REG_1` and the port in `proto_reg`.
     Dnat { family: u8, proto_reg: u32 },
     /// `masquerade`.
@@ -82,7 +93,8 @@ impl Expr {
             Expr::Cmp { .. } => "cmp",
             Expr::Mask { .. } => "bitwise",
             Expr::Lookup { .. } => "lookup",
-            Expr::Verdict(_) => "immediate",
+            Expr::Verdict(_) | Expr::Value { .. } => "immediate",
+            Expr::Redirect { .. } => "redir",
             Expr::Dnat { .. } => "nat",
             Expr::Masq => "masq",
             Expr::CtStatus => "ct",
@@ -154,6 +166,7 @@ impl Expr {
                             Verdict::Drop => 0,
                             Verdict::Accept => 1,
                             Verdict::Jump(_) => -3,
+                            Verdict::Return => -5,
                         };
                         verdict.be32(1, code as u32);
                         if let Verdict::Jump(chain) = v {
@@ -161,6 +174,15 @@ impl Expr {
                         }
                     });
                 });
+            }
+            Expr::Value { dreg, data } => {
+                // NFTA_IMMEDIATE_DREG, _DATA { NFTA_DATA_VALUE }
+                d.be32(1, *dreg);
+                d.nest(2, |v| value(v, data));
+            }
+            Expr::Redirect { port_reg } => {
+                // NFTA_REDIR_REG_PROTO_MIN, _MAX, _FLAGS (NF_NAT_RANGE_PROTO_SPECIFIED)
+                d.be32(1, *port_reg).be32(2, *port_reg).be32(3, 2);
             }
             Expr::Dnat { family, proto_reg } => {
                 // NFTA_NAT_TYPE (NFT_NAT_DNAT), _FAMILY, _REG_ADDR_MIN, _REG_PROTO_MIN; the

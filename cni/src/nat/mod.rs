@@ -32,6 +32,7 @@
 mod conntrack;
 mod elements;
 mod expr;
+pub mod intercept;
 mod nfnl;
 mod ruleset;
 #[cfg(test)]

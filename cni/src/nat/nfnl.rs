@@ -42,8 +42,10 @@ const NFGENMSG_LEN: usize = 4;
 pub(super) mod msg {
     pub const NEWTABLE: u8 = 0x00;
     pub const GETTABLE: u8 = 0x01;
+    pub const DELTABLE: u8 = 0x02;
     pub const NEWCHAIN: u8 = 0x03;
     pub const NEWRULE: u8 = 0x06;
+    pub const GETRULE: u8 = 0x07;
     pub const NEWSET: u8 = 0x09;
     pub const NEWSETELEM: u8 = 0x0c;
     pub const GETSETELEM: u8 = 0x0d;

@@ -16,13 +16,13 @@ use crate::netns::NetNs;
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
-/// A network namespace created for one test.
-struct TempNs {
+/// A network namespace created for one test (also used by `intercept`'s tests).
+pub(super) struct TempNs {
     name: String,
 }
 
 impl TempNs {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let name = format!(
             "netd-nat-{}-{}",
             std::process::id(),
@@ -34,14 +34,19 @@ impl TempNs {
         ns
     }
 
+    /// The namespace's name (`ip netns` / `ip link ... netns <name>`).
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Runs `f` on a thread inside the namespace.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+    pub(super) fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let ns = NetNs::open(format!("/run/netns/{}", self.name)).expect("open netns");
         ns.run(f).expect("run in netns")
     }
 
     /// Runs a command inside the namespace; panics on failure.
-    fn exec(&self, args: &[&str]) -> String {
+    pub(super) fn exec(&self, args: &[&str]) -> String {
         let mut full = vec!["netns", "exec", &self.name];
         full.extend_from_slice(args);
         cmd("ip", &full)

@@ -49,6 +49,8 @@ pub struct ApiState {
     pub access: Access,
     /// DNS server state, for status.
     pub dns: crate::dns::DnsHandle,
+    /// The sidecar supervisor (`None` with `--no-mesh`).
+    pub mesh: Option<crate::mesh::MeshHandle>,
 }
 
 /// Serves connections from `listener` until `drain` turns true, then waits up to

@@ -163,6 +163,16 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
             Ok(json(StatusCode::OK, &reg.detach(container_id, ifname).await?))
         }
 
+        ["v1", "sidecars"] => {
+            allow(&m, &[Method::GET])?;
+            let list = state
+                .mesh
+                .as_ref()
+                .map(crate::mesh::MeshHandle::sidecars)
+                .unwrap_or_default();
+            Ok(json(StatusCode::OK, &list))
+        }
+
         ["v1", "watch"] => {
             allow(&m, &[Method::GET])?;
             let since = match query_param(&query, "since") {
@@ -177,7 +187,7 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
-                "no such API path {}: the API is under /v1 (status, networks, services, endpoints, leases, attachments, watch)",
+                "no such API path {}: the API is under /v1 (status, networks, services, endpoints, leases, attachments, sidecars, watch)",
                 req.uri().path()
             ),
         )),

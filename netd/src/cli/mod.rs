@@ -10,6 +10,7 @@ pub mod expose;
 pub mod network;
 pub mod output;
 pub mod services;
+pub mod sidecars;
 pub mod status;
 pub mod unexpose;
 pub mod up;
@@ -34,6 +35,7 @@ Examples:
   netd expose web 8080 --persist           ... permanently (`netd unexpose web` removes it)
   netd services                            list services with their VIPs and DNS names
   netd endpoints web                       list the endpoints of service web
+  netd sidecars                            sidecars of containers on meshed networks
   netd network create dev --subnet 10.90.0.0/24 --subnet fd00:90::/64
   netd -o json network ls                  any command's output as JSON
   NETD_SOCKET=/tmp/n.sock netd status      talk to another daemon";
@@ -68,6 +70,8 @@ pub enum Command {
     Services(services::Args),
     /// List the endpoints of a service.
     Endpoints(endpoints::Args),
+    /// List the sidecars of containers on meshed networks (pid, state, restarts).
+    Sidecars,
     /// Manage networks.
     #[command(subcommand)]
     Network(network::Command),
@@ -142,6 +146,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Unexpose(args) => unexpose::run(&client, out, args).await,
         Command::Services(args) => services::run(&client, out, args).await,
         Command::Endpoints(args) => endpoints::run(&client, out, args).await,
+        Command::Sidecars => sidecars::run(&client, out).await,
         Command::Network(cmd) => network::run(&client, out, cmd).await,
         Command::Watch(args) => watch::run(&client, out, args).await,
         Command::Completions(args) => completions::run(args),

@@ -40,7 +40,8 @@ pub struct CreateArgs {
     /// Subnet in CIDR form; repeat for dual stack (one IPv4, one IPv6).
     #[arg(long = "subnet", value_name = "CIDR", required = true)]
     pub subnets: Vec<String>,
-    /// Put a netd sidecar in every container of the network (later release).
+    /// Put a netd sidecar in every container of the network, with its TCP and DNS
+    /// transparently sent through it.
     #[arg(long)]
     pub mesh: bool,
     /// Forbid traffic to and from other netd networks.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use netd_cni::nat::intercept::InterceptSpec;
 use netd_config::netd::{DEFAULT_CNI_CONF_DIR, DEFAULT_DATA_DIR, DEFAULT_VIP_RANGE};
 
 use super::CliError;
@@ -12,6 +13,7 @@ use crate::daemon::{self, DaemonOptions};
 use crate::dns::DnsOptions;
 use crate::health::DEFAULT_MAX_IN_FLIGHT;
 use crate::liveness::DEFAULT_SWEEP_MS;
+use crate::mesh::{self, MeshOptions};
 use crate::registry::store::etcd::parse_url;
 
 /// Arguments of `netd up`.
@@ -28,10 +30,15 @@ services (web, web.default, web.default.svc.netd.local), SRV and PTR; other name
 Several machines share one registry through etcd (each with its own node name):
   netd up --node node-a --store etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379
 
+Mesh: every container on a network created with --mesh gets a netd-sidecar (started in its
+network namespace, restarted with backoff, stopped on DEL) and nf_tables rules in its namespace
+that send its TCP and DNS through the sidecar. `netd sidecars` lists them.
+
 Example systemd unit (/etc/systemd/system/netd.service):
   [Service]
   ExecStart=/usr/local/bin/netd up
   Restart=on-failure
+  KillMode=process
   [Install]
   WantedBy=multi-user.target")]
 pub struct Args {
@@ -75,6 +82,25 @@ pub struct Args {
     /// Do not program service VIPs (nf_tables table `inet netd-vip` in this network namespace).
     #[arg(long)]
     pub no_vip: bool,
+    /// Do not start sidecars for containers on meshed networks (nor intercept their traffic).
+    #[arg(long)]
+    pub no_mesh: bool,
+    /// The sidecar program (default: netd-sidecar next to netd, else on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub sidecar_bin: Option<PathBuf>,
+    /// Outbound destination port that meshed containers reach directly, not through their
+    /// sidecar (e.g. 22). Repeatable.
+    #[arg(long = "mesh-exclude-port", value_name = "PORT")]
+    pub mesh_exclude_ports: Vec<u16>,
+    /// Inbound port of meshed containers that bypasses their sidecar. Repeatable.
+    #[arg(long = "mesh-exclude-inbound-port", value_name = "PORT")]
+    pub mesh_exclude_inbound_ports: Vec<u16>,
+    /// Destinations (CIDR) that meshed containers reach directly. Repeatable.
+    #[arg(long = "mesh-exclude-cidr", value_name = "CIDR")]
+    pub mesh_exclude_cidrs: Vec<IpNet>,
+    /// Seconds a sidecar may drain on stop (its --drain-timeout); SIGKILL 2 s after that.
+    #[arg(long, default_value_t = mesh::DEFAULT_SIDECAR_DRAIN.as_secs(), value_name = "SECONDS")]
+    pub sidecar_drain_timeout: u64,
 }
 
 /// An upstream resolver: `IP` (port 53) or `IP:PORT` / `[IPv6]:PORT`.
@@ -101,6 +127,7 @@ pub async fn run(socket: &Path, args: Args) -> Result<(), CliError> {
     if let Some(url) = &args.store {
         parse_url(url).map_err(|e| CliError::Usage(format!("--store: {e}")))?;
     }
+    let sidecar_state = args.data_dir.join("sidecars");
     daemon::run(DaemonOptions {
         socket: socket.to_path_buf(),
         data_dir: args.data_dir,
@@ -117,6 +144,20 @@ pub async fn run(socket: &Path, args: Args) -> Result<(), CliError> {
             upstreams: (!args.dns_upstream.is_empty()).then_some(args.dns_upstream),
         },
         vip: !args.no_vip,
+        mesh: (!args.no_mesh).then(|| MeshOptions {
+            sidecar_bin: args.sidecar_bin.unwrap_or_else(mesh::default_sidecar_bin),
+            api_socket: socket.to_path_buf(),
+            state_dir: sidecar_state,
+            sidecar_drain: Duration::from_secs(args.sidecar_drain_timeout),
+            backoff_min: mesh::DEFAULT_BACKOFF_MIN,
+            backoff_max: mesh::DEFAULT_BACKOFF_MAX,
+            intercept: InterceptSpec {
+                exclude_outbound_ports: args.mesh_exclude_ports,
+                exclude_inbound_ports: args.mesh_exclude_inbound_ports,
+                exclude_cidrs: args.mesh_exclude_cidrs,
+                ..InterceptSpec::default()
+            },
+        }),
     })
     .await?;
     Ok(())
