@@ -17,9 +17,15 @@
 //!     meta nfproto ipv4 fib daddr type local meta l4proto . th dport vmap @hostports4
 //!     meta nfproto ipv6 fib daddr type local meta l4proto . th dport vmap @hostports6 }
 //! chain output { type nat hook output priority -110; (the same four rules) }
+//! set empty4 { ipv4_addr . inet_proto . inet_service }                # ports without endpoints
+//! set empty6 { ipv6_addr . inet_proto . inet_service }
+//! chain reject-output  { type filter hook output priority 0;
+//!     meta nfproto ipv4 ip daddr . meta l4proto . th dport @empty4 reject (icmpx port-unreachable)
+//!     meta nfproto ipv6 ... @empty6 reject }
+//! chain reject-forward { type filter hook forward priority 0; (the same two rules) }
 //! # per service port n:
 //! map eps-<n> { integer : ipv4_addr . inet_service }                  # slot -> endpoint
-//! chain svc-<n> { dnat ip to numgen random mod S map @eps-<n> }       # or: reject
+//! chain svc-<n> { dnat ip to numgen random mod S map @eps-<n> }       # empty: no endpoint
 //! ```
 //!
 //! **Weights**: an endpoint of weight w holds w of the S slots of its map (weights divided by
@@ -38,8 +44,11 @@
 //! Per packet (the first of each connection: nat chains see only those) the cost is one hash
 //! lookup and, for a VIP, one random number and one more lookup: it does not grow with the
 //! number of services, endpoints or weights. Priority -110 runs before the CNI plugin's port-map DNAT
-//! (-100). A service port without endpoints answers with a TCP reset (TCP) or an ICMP port
-//! unreachable (UDP), so clients fail fast instead of hanging.
+//! (-100). A service port without endpoints is refused, so clients fail fast instead of hanging:
+//! its key goes into `empty4`/`empty6`, which filter chains on the output and forward hooks
+//! reject with an ICMP port unreachable (a TCP client sees "connection refused"). The reject
+//! cannot live in the nat chain: the kernel never delivers a reset generated there to a local
+//! client.
 //!
 //! [`VipNat::sync`] takes the whole desired state and applies the difference with the last
 //! applied one as a single nf_tables transaction: new service ports get their map and chain,
@@ -296,7 +305,7 @@ impl VipNat {
             .collect();
         for vp in removed {
             if let Some((id, old)) = applied.remove(&vp) {
-                del_service(&mut batch, id, &vp, old.host_port);
+                del_service(&mut batch, id, &vp, &old);
                 report.removed += 1;
             }
         }
@@ -316,7 +325,7 @@ impl VipNat {
                 Some((_, old)) if old == want => {}
                 Some((id, old)) => {
                     if old.slots != want.slots {
-                        update_service(&mut batch, *id, vp, &want.slots);
+                        update_service(&mut batch, *id, vp, &old.slots, &want.slots);
                     }
                     if let (None, Some(hp)) = (old.host_port, want.host_port) {
                         add_host_port(&mut batch, *id, vp, hp);
@@ -434,6 +443,14 @@ fn services_map(v6: bool) -> &'static str {
     }
 }
 
+fn empty_set(v6: bool) -> &'static str {
+    if v6 {
+        "empty6"
+    } else {
+        "empty4"
+    }
+}
+
 fn host_ports_map(v6: bool) -> &'static str {
     if v6 {
         "hostports6"
@@ -544,6 +561,59 @@ fn bootstrap(batch: &mut Batch) {
                 a.be32(10, u32::from(v6) + 3);
             },
         );
+    }
+    for v6 in [false, true] {
+        let (ty, len) = if v6 {
+            ((T_IPV6 << 12) | (T_PROTO << 6) | T_PORT, 24)
+        } else {
+            ((T_IPV4 << 12) | (T_PROTO << 6) | T_PORT, 12)
+        };
+        let name = empty_set(v6);
+        batch.push(
+            msg::NEWSET,
+            INET,
+            NLM_F_CREATE,
+            format!("create set inet {TABLE} {name}"),
+            |a| {
+                a.str(1, TABLE).str(2, name).be32(3, 0);
+                a.be32(4, ty).be32(5, len);
+                a.be32(10, u32::from(v6) + 5);
+            },
+        );
+    }
+    for (chain, hook) in [("reject-output", 3u32), ("reject-forward", 2)] {
+        batch.push(
+            msg::NEWCHAIN,
+            INET,
+            NLM_F_CREATE,
+            format!("create chain inet {TABLE} {chain}"),
+            |a| {
+                a.str(1, TABLE).str(3, chain);
+                a.nest(4, |h| {
+                    h.be32(1, hook).be32(2, 0);
+                });
+                a.str(7, "filter");
+            },
+        );
+        for v6 in [false, true] {
+            let exprs = dispatch_rule(v6);
+            batch.push(
+                msg::NEWRULE,
+                INET,
+                NLM_F_CREATE | NLM_F_APPEND,
+                format!("add rule to chain inet {TABLE} {chain}"),
+                |a| {
+                    a.str(1, TABLE).str(2, chain);
+                    a.nest(4, |list| {
+                        exprs.iter().for_each(|e| e.encode(list));
+                        expr(list, "lookup", |d| {
+                            d.str(1, empty_set(v6)).be32(2, REG32_00);
+                        });
+                        reject(list);
+                    });
+                },
+            );
+        }
     }
     for (chain, hook) in [("prerouting", 0u32), ("output", 3)] {
         batch.push(
@@ -725,9 +795,32 @@ fn add_service(batch: &mut Batch, id: u32, vp: &VipPort, want: &Applied) {
             });
         },
     );
+    if eps.is_empty() {
+        set_empty(batch, vp, true);
+    }
     if let Some(hp) = want.host_port {
         add_host_port(batch, id, vp, hp);
     }
+}
+
+/// Adds `vp` to (or removes it from) the set of service ports refused for lack of endpoints.
+fn set_empty(batch: &mut Batch, vp: &VipPort, empty: bool) {
+    let set = empty_set(vp.vip.is_ipv6());
+    let (ty, flags, verb) = if empty {
+        (msg::NEWSETELEM, NLM_F_CREATE, "add")
+    } else {
+        (msg::DELSETELEM, 0, "delete")
+    };
+    batch.push(ty, INET, flags, format!("{verb} {vp} in set {set}"), |a| {
+        a.str(1, TABLE).str(2, set);
+        a.nest(3, |list| {
+            list.nest(1, |e| {
+                e.nest(1, |k| {
+                    k.bytes(1, &service_key(vp));
+                });
+            });
+        });
+    });
 }
 
 /// Points host port `hp` (the service port's protocol) at the service port's chain.
@@ -779,7 +872,16 @@ fn del_host_port(batch: &mut Batch, vp: &VipPort, hp: u16) {
 }
 
 /// Replaces the endpoints and the rule of an existing service port.
-fn update_service(batch: &mut Batch, id: u32, vp: &VipPort, eps: &[SocketAddr]) {
+fn update_service(
+    batch: &mut Batch,
+    id: u32,
+    vp: &VipPort,
+    old: &[SocketAddr],
+    eps: &[SocketAddr],
+) {
+    if old.is_empty() != eps.is_empty() {
+        set_empty(batch, vp, eps.is_empty());
+    }
     let map = eps_map(id);
     let chain = svc_chain(id);
     flush_chain(batch, &chain, vp);
@@ -797,12 +899,15 @@ fn update_service(batch: &mut Batch, id: u32, vp: &VipPort, eps: &[SocketAddr]) 
 }
 
 /// Removes a service port: its verdict map elements, then its chain and endpoint map.
-fn del_service(batch: &mut Batch, id: u32, vp: &VipPort, host_port: Option<u16>) {
+fn del_service(batch: &mut Batch, id: u32, vp: &VipPort, old: &Applied) {
     let map = eps_map(id);
     let chain = svc_chain(id);
     let services = services_map(vp.vip.is_ipv6());
-    if let Some(hp) = host_port {
+    if let Some(hp) = old.host_port {
         del_host_port(batch, vp, hp);
+    }
+    if old.slots.is_empty() {
+        set_empty(batch, vp, false);
     }
     batch.push(
         msg::DELSETELEM,
@@ -884,9 +989,12 @@ fn add_endpoints(batch: &mut Batch, map: &str, vp: &VipPort, eps: &[SocketAddr])
     }
 }
 
-/// The rule of `svc-<n>`: `dnat to numgen random mod N map @eps-<n>`, or a reject when there
-/// is no endpoint.
+/// The rule of `svc-<n>`: `dnat to numgen random mod N map @eps-<n>`; none when there is no
+/// endpoint (the port is in the `empty` set instead, see [`set_empty`]).
 fn add_rule(batch: &mut Batch, chain: &str, map: &str, vp: &VipPort, n: usize) {
+    if n == 0 {
+        return;
+    }
     let v6 = vp.vip.is_ipv6();
     batch.push(
         msg::NEWRULE,
@@ -895,25 +1003,21 @@ fn add_rule(batch: &mut Batch, chain: &str, map: &str, vp: &VipPort, n: usize) {
         format!("add rule to chain inet {TABLE} {chain} ({vp})"),
         |a| {
             a.str(1, TABLE).str(2, chain);
-            a.nest(4, |list| encode_rule(list, map, vp.proto, v6, n));
+            a.nest(4, |list| encode_rule(list, map, v6, n));
         },
     );
 }
 
-fn encode_rule(list: &mut Attrs<'_>, map: &str, proto: L4, v6: bool, n: usize) {
-    if n == 0 {
-        expr(list, "reject", |d| match proto {
-            // NFTA_REJECT_TYPE: NFT_REJECT_TCP_RST
-            L4::Tcp => {
-                d.be32(1, 1);
-            }
-            // NFT_REJECT_ICMPX_UNREACH, NFTA_REJECT_ICMP_CODE: NFT_REJECT_ICMPX_PORT_UNREACH
-            L4::Udp => {
-                d.be32(1, 2).bytes(2, &[1]);
-            }
-        });
-        return;
-    }
+/// `reject with icmpx port-unreachable`.
+fn reject(list: &mut Attrs<'_>) {
+    expr(list, "reject", |d| {
+        // NFTA_REJECT_TYPE: NFT_REJECT_ICMPX_UNREACH, NFTA_REJECT_ICMP_CODE:
+        // NFT_REJECT_ICMPX_PORT_UNREACH
+        d.be32(1, 2).bytes(2, &[1]);
+    });
+}
+
+fn encode_rule(list: &mut Attrs<'_>, map: &str, v6: bool, n: usize) {
     expr(list, "numgen", |d| {
         // NFTA_NG_DREG, _MODULUS, _TYPE (NFT_NG_RANDOM), _OFFSET
         d.be32(1, REG32_00).be32(2, n as u32).be32(3, 1).be32(4, 0);
@@ -962,19 +1066,15 @@ mod tests {
     }
 
     #[test]
-    fn service_rule_is_numgen_lookup_dnat_or_reject() {
+    fn service_rule_is_numgen_lookup_dnat() {
         let mut buf = Vec::new();
-        encode_rule(&mut Attrs::new(&mut buf), "eps-3", L4::Tcp, false, 3);
+        encode_rule(&mut Attrs::new(&mut buf), "eps-3", false, 3);
         assert_eq!(names(&buf), ["numgen", "lookup", "nat"]);
         let ng = attrs(&buf).next().and_then(|(_, e)| attr(e, 2)).unwrap();
         assert_eq!(attr_be32(ng, 2), Some(3)); // modulus
         assert_eq!(attr_be32(ng, 3), Some(1)); // random
         let nat = attrs(&buf).nth(2).and_then(|(_, e)| attr(e, 2)).unwrap();
         assert_eq!(attr_be32(nat, 5), Some(REG32_00 + 1));
-
-        let mut buf = Vec::new();
-        encode_rule(&mut Attrs::new(&mut buf), "eps-3", L4::Udp, true, 0);
-        assert_eq!(names(&buf), ["reject"]);
     }
 
     fn sa(s: &str) -> SocketAddr {
@@ -1051,7 +1151,7 @@ mod tests {
         assert!(ops[5].starts_with("add host port 8080/tcp of 10.96.0.5:80/tcp to map hostports4"));
 
         let mut b = Batch::default();
-        del_service(&mut b, 7, &v, Some(8080));
+        del_service(&mut b, 7, &v, &want);
         let ops: Vec<_> = (0..b.len()).map(|i| b.op(i).to_string()).collect();
         assert!(ops[0].starts_with("delete host port 8080/tcp"));
         assert!(ops[1].starts_with("delete 10.96.0.5:80/tcp from map services4"));
@@ -1059,13 +1159,31 @@ mod tests {
         assert!(ops[3].starts_with("delete chain"));
         assert!(ops[4].starts_with("delete map"));
 
-        // No endpoints: no element message, a reject rule.
+        // No endpoints: no element message, no rule; the port goes into the empty set,
+        // and leaves it when endpoints come (and when the service port goes).
         let mut b = Batch::default();
         let none = Applied {
             slots: vec![],
             host_port: None,
         };
         add_service(&mut b, 8, &v, &none);
-        assert_eq!(b.len(), 4);
+        let ops: Vec<_> = (0..b.len()).map(|i| b.op(i).to_string()).collect();
+        assert_eq!(ops.len(), 4, "{ops:?}");
+        assert!(
+            ops[3].starts_with("add 10.96.0.5:80/tcp in set empty4"),
+            "{ops:?}"
+        );
+        let mut b = Batch::default();
+        update_service(&mut b, 8, &v, &none.slots, &want.slots);
+        assert!(b
+            .op(0)
+            .to_string()
+            .starts_with("delete 10.96.0.5:80/tcp in set empty4"));
+        let mut b = Batch::default();
+        del_service(&mut b, 8, &v, &none);
+        assert!(b
+            .op(0)
+            .to_string()
+            .starts_with("delete 10.96.0.5:80/tcp in set empty4"));
     }
 }
