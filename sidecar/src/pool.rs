@@ -49,6 +49,25 @@ pub enum UpstreamError {
     },
 }
 
+/// A failed send; the request comes back when it never left (no connection could be
+/// opened), so the caller may try another endpoint.
+#[derive(Debug)]
+pub struct SendError {
+    /// What failed.
+    pub error: UpstreamError,
+    /// The request, when it was not sent.
+    pub request: Option<Request<Incoming>>,
+}
+
+impl From<UpstreamError> for SendError {
+    fn from(error: UpstreamError) -> Self {
+        Self {
+            error,
+            request: None,
+        }
+    }
+}
+
 type Idle = Arc<Mutex<Vec<http1::SendRequest<Incoming>>>>;
 
 /// Connections of one endpoint.
@@ -109,11 +128,7 @@ impl Pool {
     }
 
     /// Sends `req` over a pooled (or new) connection.
-    pub async fn send(
-        &self,
-        req: Request<Incoming>,
-        version: Version,
-    ) -> Result<Sent, UpstreamError> {
+    pub async fn send(&self, req: Request<Incoming>, version: Version) -> Result<Sent, SendError> {
         match version {
             Version::Http1 => self.send_h1(req).await,
             Version::Http2 => self.send_h2(req).await,
@@ -160,7 +175,7 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn send_h1(&self, mut req: Request<Incoming>) -> Result<Sent, UpstreamError> {
+    async fn send_h1(&self, mut req: Request<Incoming>) -> Result<Sent, SendError> {
         let http = |source| UpstreamError::Http {
             addr: self.addr,
             source,
@@ -168,13 +183,21 @@ impl Pool {
         for _ in 0..ATTEMPTS {
             let (mut sender, reused) = match self.checkout() {
                 Some(s) => (s, true),
-                None => (self.connect_h1().await?, false),
+                None => match self.connect_h1().await {
+                    Ok(s) => (s, false),
+                    Err(error) => {
+                        return Err(SendError {
+                            error,
+                            request: Some(req),
+                        })
+                    }
+                },
             };
             if let Err(e) = sender.ready().await {
                 if reused {
                     continue;
                 }
-                return Err(http(e));
+                return Err(http(e).into());
             }
             match sender.try_send_request(req).await {
                 Ok(response) => {
@@ -190,12 +213,20 @@ impl Pool {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(back) if reused => req = back,
-                    _ => return Err(http(e.into_error())),
+                    _ => return Err(http(e.into_error()).into()),
                 },
             }
         }
         // Every reused connection was dead: one last try on a fresh one.
-        let mut sender = self.connect_h1().await?;
+        let mut sender = match self.connect_h1().await {
+            Ok(s) => s,
+            Err(error) => {
+                return Err(SendError {
+                    error,
+                    request: Some(req),
+                })
+            }
+        };
         let response = sender.send_request(req).await.map_err(http)?;
         let give_back = Some(PoolReturn {
             idle: self.idle.clone(),
@@ -244,10 +275,18 @@ impl Pool {
         }
     }
 
-    async fn send_h2(&self, mut req: Request<Incoming>) -> Result<Sent, UpstreamError> {
+    async fn send_h2(&self, mut req: Request<Incoming>) -> Result<Sent, SendError> {
         let mut retried = false;
         loop {
-            let mut sender = self.h2_sender().await?;
+            let mut sender = match self.h2_sender().await {
+                Ok(s) => s,
+                Err(error) => {
+                    return Err(SendError {
+                        error,
+                        request: Some(req),
+                    })
+                }
+            };
             match sender.try_send_request(req).await {
                 Ok(response) => {
                     return Ok(Sent {
@@ -265,7 +304,8 @@ impl Pool {
                         return Err(UpstreamError::Http {
                             addr: self.addr,
                             source: e.into_error(),
-                        })
+                        }
+                        .into())
                     }
                 },
             }

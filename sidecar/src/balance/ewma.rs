@@ -40,9 +40,17 @@ impl PeakEwma {
         self.stamp = now;
     }
 
-    /// The current estimate in nanoseconds.
+    /// The last estimate in nanoseconds.
     pub fn estimate_ns(&self) -> f64 {
         self.estimate_ns
+    }
+
+    /// The estimate decayed towards zero for the time since the last observation (as
+    /// tower's peak-EWMA does), so an endpoint left idle becomes attractive again and gets
+    /// probed instead of being starved by a slightly faster neighbour.
+    pub fn cost_ns(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.stamp).as_nanos() as f64;
+        self.estimate_ns * (-elapsed / self.decay_ns).exp()
     }
 }
 
@@ -61,5 +69,7 @@ mod tests {
         assert!(after_1s < 100e6 && after_1s > 50e6, "{after_1s}");
         e.observe(Duration::from_millis(1), t0 + Duration::from_secs(60));
         assert!(e.estimate_ns() < 2e6, "{}", e.estimate_ns());
+        let idle = e.cost_ns(t0 + Duration::from_secs(90));
+        assert!(idle < e.estimate_ns() / 10.0, "{idle}");
     }
 }

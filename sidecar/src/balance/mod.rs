@@ -94,7 +94,8 @@ impl Endpoint {
 
     /// Peak-EWMA load: latency estimate × (in-flight + 1).
     fn load(&self) -> f64 {
-        let estimate = self.ewma.lock().map(|e| e.estimate_ns()).unwrap_or(0.0);
+        let now = Instant::now();
+        let estimate = self.ewma.lock().map(|e| e.cost_ns(now)).unwrap_or(0.0);
         estimate * (self.in_flight() as f64 + 1.0)
     }
 }

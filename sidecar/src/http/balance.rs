@@ -24,6 +24,10 @@ pub struct Picked {
     pub endpoint: Arc<Endpoint>,
     /// Metrics of the service it was picked for, if any.
     pub service: Option<Arc<HttpMetrics>>,
+    /// The service's balancer, to pick again when the endpoint cannot be reached.
+    pub balancer: Option<Arc<ServiceBalancer>>,
+    /// The request's hash key.
+    pub key: Option<u64>,
 }
 
 /// Adds [`Balance`].
@@ -102,6 +106,8 @@ where
             Some(Dest::Direct(endpoint)) => Ok(Picked {
                 endpoint,
                 service: None,
+                balancer: None,
+                key: None,
             }),
             Some(Dest::Service(b)) => {
                 let key = request_key(&b, &req, &self.ctx);
@@ -109,6 +115,8 @@ where
                     Some(endpoint) => Ok(Picked {
                         endpoint,
                         service: Some(b.metrics.clone()),
+                        balancer: Some(b.clone()),
+                        key,
                     }),
                     None => Err(b),
                 }

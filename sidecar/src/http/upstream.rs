@@ -18,7 +18,12 @@ use tower::Service;
 use super::balance::Picked;
 use super::observe::Routed;
 use super::{error_response, ProxyBody, ResponseFuture};
-use crate::pool::Version;
+use crate::pool::{SendError, Version};
+
+/// Other endpoints tried when the picked one cannot be connected to.
+const REPICKS: usize = 2;
+/// Latency charged to an endpoint for a failure.
+const FAILURE_PENALTY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Sends requests upstream.
 #[derive(Debug, Clone)]
@@ -92,24 +97,50 @@ impl Service<Request<Incoming>> for Upstream {
                     "request reached upstream without an endpoint",
                 ));
             };
-            let endpoint = picked.endpoint.clone();
+            let mut endpoint = picked.endpoint.clone();
+            let upgrade = version == Version::Http1 && is_upgrade(req.headers());
+            if version == Version::Http1 && !upgrade {
+                strip_hop_by_hop(req.headers_mut());
+            }
+            let mut attempts = 0;
+            let (result, in_flight) = loop {
+                let in_flight = endpoint.start();
+                let result = if upgrade {
+                    send_upgrade(&endpoint, req).await.map_err(SendError::from)
+                } else {
+                    endpoint
+                        .pool
+                        .send(req, version)
+                        .await
+                        .map(|sent| (sent.response, sent.give_back))
+                };
+                match result {
+                    // Not sent (no connection): another endpoint of the service may answer.
+                    Err(SendError {
+                        error,
+                        request: Some(back),
+                    }) if attempts < REPICKS && picked.balancer.is_some() => {
+                        attempts += 1;
+                        endpoint.observe(FAILURE_PENALTY);
+                        endpoint.metrics.failure();
+                        tracing::debug!(peer = %endpoint.addr(), %error, "endpoint unreachable; picking another");
+                        let next = picked.balancer.as_ref().and_then(|b| b.pick(picked.key));
+                        match next {
+                            Some(next) => {
+                                next.metrics.request();
+                                endpoint = next;
+                                req = back;
+                            }
+                            None => break (Err(error), in_flight),
+                        }
+                    }
+                    Err(e) => break (Err(e.error), in_flight),
+                    Ok(ok) => break (Ok(ok), in_flight),
+                }
+            };
             let routed = Routed {
                 service: picked.service.clone(),
                 peer: Some(endpoint.metrics.clone()),
-            };
-            let in_flight = endpoint.start();
-            let upgrade = version == Version::Http1 && is_upgrade(req.headers());
-            let result = if upgrade {
-                send_upgrade(&endpoint, req).await
-            } else {
-                if version == Version::Http1 {
-                    strip_hop_by_hop(req.headers_mut());
-                }
-                endpoint
-                    .pool
-                    .send(req, version)
-                    .await
-                    .map(|sent| (sent.response, sent.give_back))
             };
             let mut resp = match result {
                 Ok((resp, give_back)) => {
@@ -126,12 +157,7 @@ impl Service<Request<Incoming>> for Upstream {
                 }
                 Err(e) => {
                     // A failure counts as a slow answer, so P2C steers away from the endpoint.
-                    endpoint.observe(
-                        in_flight
-                            .started()
-                            .elapsed()
-                            .max(std::time::Duration::from_secs(1)),
-                    );
+                    endpoint.observe(in_flight.started().elapsed().max(FAILURE_PENALTY));
                     endpoint.metrics.failure();
                     if let Some(s) = &routed.service {
                         s.failure();
@@ -154,6 +180,7 @@ async fn send_upgrade(
 ) -> Result<Upgraded, crate::pool::UpstreamError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     let mut resp = endpoint.pool.send_unpooled(req).await?;
+    // The upgrade response keeps its Connection/Upgrade headers.
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
