@@ -117,6 +117,7 @@ where
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(shared.limits.header_read_timeout)
+                .half_close(true)
                 .max_buf_size(shared.limits.max_header_bytes.max(8192))
                 .serve_connection(io, service)
                 .with_upgrades();
