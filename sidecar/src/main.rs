@@ -55,14 +55,18 @@ async fn run(args: Args, started: Instant) -> ExitCode {
     tracing::info!(
         ready_us = started.elapsed().as_micros() as u64,
         outbound = %running.addrs.outbound,
-        inbound = ?running.addrs.inbound,
-        admin = ?running.addrs.admin,
-        dns = ?running.addrs.dns.map(|d| d.udp),
+        inbound = %shown(running.addrs.inbound),
+        admin = %shown(running.addrs.admin),
+        dns = %shown(running.addrs.dns.map(|d| d.udp)),
         container_id = args.container_id.as_deref().unwrap_or(""),
         "ready"
     );
     shutdown_signal().await;
     drain(running).await
+}
+
+fn shown(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map(|a| a.to_string()).unwrap_or_default()
 }
 
 async fn drain(running: netd_sidecar::Running) -> ExitCode {
