@@ -92,9 +92,8 @@ impl Endpoint {
         }
     }
 
-    /// Peak-EWMA load: latency estimate × (in-flight + 1).
-    fn load(&self) -> f64 {
-        let now = Instant::now();
+    /// Peak-EWMA load at `now`: latency estimate × (in-flight + 1).
+    fn load(&self, now: Instant) -> f64 {
         let estimate = self.ewma.lock().map(|e| e.cost_ns(now)).unwrap_or(0.0);
         estimate * (self.in_flight() as f64 + 1.0)
     }
@@ -177,19 +176,23 @@ impl EndpointSet {
         let total = self.total();
         let i = match &self.policy {
             Policy::RoundRobin => self.weighted(rr.fetch_add(1, Ordering::Relaxed) % total),
-            Policy::Random => self.weighted(random() % total),
+            Policy::Random => self.weighted(below(total)),
             Policy::Hash(_) => match key {
                 Some(k) => self.ring_lookup(k),
-                None => self.weighted(random() % total),
+                None => self.weighted(below(total)),
             },
             Policy::P2c => {
-                let a = self.weighted(random() % total);
-                let mut b = self.weighted(random() % total);
+                let a = self.weighted(below(total));
+                let mut b = self.weighted(below(total));
                 if b == a {
-                    b = (a + 1 + (random() as usize % (n - 1))) % n;
+                    b = (a + 1 + below(n as u64 - 1) as usize) % n;
                 }
-                let cost = |i: usize| self.endpoints[i].load() / f64::from(self.weights[i]);
-                if cost(b) < cost(a) {
+                let now = Instant::now();
+                let cost = |i: usize| self.endpoints[i].load(now) / f64::from(self.weights[i]);
+                // `a` is a random draw: near-ties (within 0.1%, e.g. endpoints that differ only
+                // by when their estimate last decayed) stay random instead of always favouring
+                // the same endpoint.
+                if cost(b) < cost(a) * 0.999 {
                     b
                 } else {
                     a
@@ -316,6 +319,11 @@ pub fn random() -> u64 {
         let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
         ((t >> 64) as u64) ^ (t as u64)
     })
+}
+
+/// A random number in `[0, n)` from the high bits (multiply-shift), for `n > 0`.
+fn below(n: u64) -> u64 {
+    ((u128::from(random()) * u128::from(n)) >> 64) as u64
 }
 
 /// Balancer settings that do not come from the snapshot.
