@@ -1,0 +1,306 @@
+//! Wiring: binds the listeners, starts the snapshot source, the proxies, the admin server
+//! and the DNS server, and drains them. [`start`] is what the binary runs and what tests run
+//! in-process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState};
+use crate::balance::{Directory, DirectoryOptions};
+use crate::drain::{self, DrainSignal};
+use crate::http::{HttpLimits, HttpShared};
+use crate::metrics::{Direction, Metrics};
+use crate::proxy::{self, ProxyShared};
+use crate::snapshot::{self, SnapshotData, SnapshotStore};
+use crate::sockopt::ConnectOptions;
+
+/// Where snapshots come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The netd daemon's API socket (watch stream, reconnects with backoff).
+    Netd(PathBuf),
+    /// A JSON file, read at start and again on SIGHUP.
+    File(PathBuf),
+    /// Given in-process (tests, embedding); publish more through [`Running::store`].
+    Data(SnapshotData),
+}
+
+/// A resolved configuration (the command line, checked).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Snapshot source.
+    pub source: Source,
+    /// The container this sidecar serves, if known.
+    pub container_id: Option<String>,
+    /// Transparent outbound listener.
+    pub outbound: SocketAddr,
+    /// Transparent inbound listener (`None`: no inbound).
+    pub inbound: Option<SocketAddr>,
+    /// Admin listener (`None`: no admin).
+    pub admin: Option<SocketAddr>,
+    /// Discovery DNS listener, UDP and TCP (`None`: no DNS).
+    pub dns: Option<SocketAddr>,
+    /// Where DNS forwards names it does not own.
+    pub upstream_dns: Vec<SocketAddr>,
+    /// Balancer policies.
+    pub balancers: DirectoryOptions,
+    /// `SO_MARK` of upstream sockets, and connect timeout.
+    pub connect: ConnectOptions,
+    /// JSON access log per request.
+    pub access_log: bool,
+    /// Longest wait for in-flight work on shutdown.
+    pub drain_timeout: Duration,
+    /// Longest wait for a client's first bytes.
+    pub detect_timeout: Duration,
+    /// Outbound connections that were not redirected and name no service go here.
+    pub default_target: Option<SocketAddr>,
+    /// Inbound connections that were not redirected go here.
+    pub inbound_target: Option<SocketAddr>,
+    /// HTTP server limits.
+    pub limits: HttpLimits,
+}
+
+impl Config {
+    /// Defaults around a snapshot source, with every listener on an ephemeral loopback port
+    /// and DNS off (tests).
+    pub fn loopback(source: Source) -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            source,
+            container_id: None,
+            outbound: any,
+            inbound: Some(any),
+            admin: Some(any),
+            dns: None,
+            upstream_dns: Vec::new(),
+            balancers: DirectoryOptions::default(),
+            connect: ConnectOptions::default(),
+            access_log: false,
+            drain_timeout: Duration::from_secs(5),
+            detect_timeout: Duration::from_secs(1),
+            default_target: None,
+            inbound_target: None,
+            limits: HttpLimits::default(),
+        }
+    }
+}
+
+/// A listener could not be bound or a source not read.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A TCP listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Address asked for.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The snapshot file is unusable.
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::file::FileError),
+    /// The DNS server could not start.
+    #[error(transparent)]
+    Dns(#[from] netd_dns::ServerError),
+}
+
+/// Addresses actually bound (ports resolved).
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    /// Outbound listener.
+    pub outbound: SocketAddr,
+    /// Inbound listener.
+    pub inbound: Option<SocketAddr>,
+    /// Admin listener.
+    pub admin: Option<SocketAddr>,
+    /// DNS listeners.
+    pub dns: Option<netd_dns::ListenAddrs>,
+}
+
+/// A started sidecar.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound addresses.
+    pub addrs: Addrs,
+    /// The snapshot store; publishing into it reconfigures the sidecar at once.
+    pub store: SnapshotStore,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    signal: DrainSignal,
+    tracker: TaskTracker,
+    drain_timeout: Duration,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests and connections finish (HTTP connections
+    /// close after their current requests), and returns whether everything finished within
+    /// the drain timeout. Anything left is dropped with the runtime.
+    pub async fn shutdown(self) -> bool {
+        self.signal.drain();
+        self.tracker.close();
+        let drained = tokio::time::timeout(self.drain_timeout, self.tracker.wait())
+            .await
+            .is_ok();
+        for task in &self.background {
+            task.abort();
+        }
+        drained
+    }
+
+    /// Connection tasks alive right now (accepted, not finished).
+    pub fn connections(&self) -> usize {
+        self.tracker.len()
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Binds everything and starts serving. Returns once every listener is bound; readiness
+/// (`/ready`) also needs a snapshot, immediate for file and in-process sources.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let store = SnapshotStore::new();
+    let metrics = Arc::new(Metrics::new());
+    let (signal, drain) = drain::channel();
+    let tracker = TaskTracker::new();
+    let mut background = Vec::new();
+
+    match &config.source {
+        Source::Data(data) => store.publish(data.clone()),
+        Source::File(path) => {
+            store.publish(snapshot::file::load(path)?);
+            background.push(tokio::spawn(reload_on_sighup(path.clone(), store.clone())));
+        }
+        Source::Netd(socket) => {
+            background.push(tokio::spawn(snapshot::netd::follow(
+                socket.clone(),
+                store.clone(),
+            )));
+        }
+    }
+
+    let outbound_listener = bind("outbound", config.outbound).await?;
+    let inbound_listener = match config.inbound {
+        Some(a) => Some(bind("inbound", a).await?),
+        None => None,
+    };
+    let admin_listener = match config.admin {
+        Some(a) => Some(bind("admin", a).await?),
+        None => None,
+    };
+    let dns = match config.dns {
+        Some(a) => {
+            let (addrs, task) =
+                crate::dns::start(a, config.upstream_dns.clone(), store.clone(), drain.clone())
+                    .await?;
+            background.push(task);
+            Some(addrs)
+        }
+        None => None,
+    };
+    let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+    let addrs = Addrs {
+        outbound: local(&outbound_listener, config.outbound),
+        inbound: inbound_listener
+            .as_ref()
+            .zip(config.inbound)
+            .map(|(l, a)| local(l, a)),
+        admin: admin_listener
+            .as_ref()
+            .zip(config.admin)
+            .map(|(l, a)| local(l, a)),
+        dns,
+    };
+
+    let shared = |direction| {
+        let directory = Arc::new(Directory::new(
+            config.balancers.clone(),
+            metrics.clone(),
+            direction,
+            store.clone(),
+        ));
+        Arc::new(ProxyShared {
+            direction,
+            http: HttpShared {
+                store: store.clone(),
+                directory,
+                metrics: metrics.clone(),
+                access_log: config.access_log,
+                limits: config.limits,
+            },
+            connect: config.connect,
+            detect_timeout: config.detect_timeout,
+            default_target: match direction {
+                Direction::Outbound => config.default_target,
+                Direction::Inbound => config.inbound_target,
+            },
+        })
+    };
+    background.push(tokio::spawn(proxy::run(
+        outbound_listener,
+        shared(Direction::Outbound),
+        drain.clone(),
+        tracker.clone(),
+    )));
+    if let Some(l) = inbound_listener {
+        background.push(tokio::spawn(proxy::run(
+            l,
+            shared(Direction::Inbound),
+            drain.clone(),
+            tracker.clone(),
+        )));
+    }
+    let listening = Arc::new(AtomicBool::new(false));
+    if let Some(l) = admin_listener {
+        let state = AdminState {
+            metrics: metrics.clone(),
+            store: store.clone(),
+            listening: listening.clone(),
+            drain: drain.clone(),
+        };
+        background.push(tokio::spawn(admin::run(
+            l,
+            state,
+            drain.clone(),
+            TaskTracker::new(),
+        )));
+    }
+    listening.store(true, Ordering::Release);
+    Ok(Running {
+        addrs,
+        store,
+        metrics,
+        signal,
+        tracker,
+        drain_timeout: config.drain_timeout,
+        background,
+    })
+}
+
+async fn reload_on_sighup(path: PathBuf, store: SnapshotStore) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match snapshot::file::load(&path) {
+            Ok(data) => {
+                store.publish(data);
+                tracing::info!(path = %path.display(), "snapshot reloaded");
+            }
+            Err(e) => tracing::warn!(error = %e, "snapshot reload failed; keeping the last one"),
+        }
+    }
+}

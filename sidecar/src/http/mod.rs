@@ -1,0 +1,175 @@
+//! The HTTP data path: a hyper server per detected connection, and the tower stack every
+//! request goes through. Outbound, in order:
+//!
+//! 1. [`trace::TraceContextLayer`] — W3C `traceparent` propagated, created when missing;
+//! 2. [`observe::ObserveLayer`] — response counts, latency, access log;
+//! 3. [`route::RouteLayer`] — which service (or direct address) the request is for;
+//! 4. *(next issue: rate limit, circuit breaker, retries, timeouts slot in here)*;
+//! 5. [`balance::BalanceLayer`] — which endpoint of the service, per request;
+//! 6. [`upstream::Upstream`] — pooled connection to the endpoint (mTLS will wrap its connect).
+//!
+//! Inbound uses the same stack with a fixed destination (the application on localhost).
+//! Errors never leave the stack: each layer answers with an HTTP error response (502, 503)
+//! so metrics and logs see every request, and hyper only ever sees `Ok`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::ServiceBuilder;
+
+use crate::balance::Directory;
+use crate::drain::Drain;
+use crate::metrics::{Direction, HttpMetrics, Metrics};
+use crate::pool::Version;
+use crate::snapshot::SnapshotStore;
+
+pub mod balance;
+pub mod body;
+pub mod observe;
+pub mod route;
+pub mod trace;
+pub mod upstream;
+
+pub use body::ProxyBody;
+
+/// The boxed future of every service in the stack.
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static>>;
+
+/// What every layer learns about a connection when it is accepted.
+#[derive(Debug, Clone)]
+pub struct ConnContext {
+    /// Outbound or inbound.
+    pub direction: Direction,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// Where requests go.
+    pub target: route::Target,
+    /// HTTP version spoken on the connection (and upstream).
+    pub version: Version,
+}
+
+/// Shared state the stack is built from.
+#[derive(Debug, Clone)]
+pub struct HttpShared {
+    /// Current snapshot.
+    pub store: SnapshotStore,
+    /// Balancers and direct endpoints.
+    pub directory: Arc<Directory>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Emit one JSON access log line per request.
+    pub access_log: bool,
+    /// Server limits.
+    pub limits: HttpLimits,
+}
+
+/// Limits of the HTTP server side.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Largest request head (HTTP/1.1 read buffer) or header list (HTTP/2), in bytes.
+    pub max_header_bytes: usize,
+    /// Time allowed for a request head to arrive (HTTP/1.1).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves one connection whose protocol was detected as HTTP/1.1 or HTTP/2, until the client
+/// closes it or `drain` fires (then in-flight requests finish and the connection closes).
+pub async fn serve<I>(io: I, ctx: ConnContext, shared: &HttpShared, mut drain: Drain)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = Arc::new(ctx);
+    let unrouted: Arc<HttpMetrics> = shared.metrics.http_service(ctx.direction, "-");
+    let stack = ServiceBuilder::new()
+        .layer(trace::TraceContextLayer)
+        .layer(observe::ObserveLayer::new(ctx.clone(), shared.access_log))
+        .layer(route::RouteLayer::new(
+            ctx.clone(),
+            shared.store.clone(),
+            shared.directory.clone(),
+            unrouted,
+        ))
+        .layer(balance::BalanceLayer::new(ctx.clone()))
+        .service(upstream::Upstream::new(ctx.version));
+    let service = TowerToHyperService::new(stack);
+    let io = TokioIo::new(io);
+    let result = match ctx.version {
+        Version::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(shared.limits.header_read_timeout)
+                .half_close(true)
+                .max_buf_size(shared.limits.max_header_bytes.max(8192))
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        Version::Http2 => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(shared.limits.max_header_bytes as u32)
+                .serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %ctx.client, error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// An error response generated by the sidecar itself. The `netd-proxy-error` header says
+/// which layer failed and why, so a client can tell it from an application error.
+pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(format!("{message}\n")));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(message) {
+        h.insert("netd-proxy-error", v);
+    }
+    resp
+}
+
+/// The authority a request names: `:authority`/absolute URI first, then `Host`.
+pub fn authority(req: &Request<Incoming>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(hyper::header::HOST)?.to_str().ok())
+}

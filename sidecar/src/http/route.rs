@@ -1,0 +1,161 @@
+//! Route lookup: decides where a request goes — a service (by the connection's original
+//! destination `VIP:port`, else by the request's authority) or a plain address — and records
+//! the decision as a [`Dest`] request extension for the balancer.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use tower::{Layer, Service};
+
+use super::{authority, error_response, ConnContext, ProxyBody, ResponseFuture};
+use crate::balance::{Directory, Endpoint, ServiceBalancer};
+use crate::metrics::HttpMetrics;
+use crate::snapshot::SnapshotStore;
+
+/// Where a connection's requests go, decided when it is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The original destination was a service's `VIP:port`.
+    Service(Arc<str>),
+    /// A plain address: a non-mesh destination (passthrough) or, inbound, the application.
+    Direct(SocketAddr),
+    /// Not redirected: each request names its service by authority (`Host`/`:authority`);
+    /// requests naming none go to `fallback` when set.
+    ByAuthority {
+        /// `--default-target`.
+        fallback: Option<SocketAddr>,
+    },
+}
+
+/// The destination of one request.
+#[derive(Debug, Clone)]
+pub enum Dest {
+    /// Balanced over a service's endpoints.
+    Service(Arc<ServiceBalancer>),
+    /// One endpoint.
+    Direct(Arc<Endpoint>),
+}
+
+/// Adds [`Route`].
+#[derive(Debug, Clone)]
+pub struct RouteLayer {
+    ctx: Arc<ConnContext>,
+    store: SnapshotStore,
+    directory: Arc<Directory>,
+    unrouted: Arc<HttpMetrics>,
+}
+
+impl RouteLayer {
+    /// Routes with the connection's context over the directory's balancers; `unrouted` counts
+    /// requests that match nothing.
+    pub fn new(
+        ctx: Arc<ConnContext>,
+        store: SnapshotStore,
+        directory: Arc<Directory>,
+        unrouted: Arc<HttpMetrics>,
+    ) -> Self {
+        Self {
+            ctx,
+            store,
+            directory,
+            unrouted,
+        }
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Route<S>;
+    fn layer(&self, inner: S) -> Route<S> {
+        Route {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Resolves each request's [`Dest`].
+#[derive(Debug, Clone)]
+pub struct Route<S> {
+    inner: S,
+    layer: RouteLayer,
+}
+
+impl<S> Route<S> {
+    fn resolve(&self, req: &Request<Incoming>) -> Result<Dest, String> {
+        let l = &self.layer;
+        match &l.ctx.target {
+            Target::Service(key) => l
+                .directory
+                .service(key)
+                .map(Dest::Service)
+                .ok_or_else(|| format!("service {key} is not in the snapshot")),
+            Target::Direct(addr) => Ok(Dest::Direct(l.directory.direct(*addr))),
+            Target::ByAuthority { fallback } => {
+                let named = authority(req).and_then(|a| l.store.load().by_authority(a));
+                if let Some(b) = named.and_then(|key| l.directory.service(&key)) {
+                    return Ok(Dest::Service(b));
+                }
+                match fallback {
+                    Some(addr) => Ok(resolve_addr(&l.store, &l.directory, *addr)),
+                    None => Err(format!(
+                        "no service named {:?} and no default target",
+                        authority(req).unwrap_or("")
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// A service when `addr` is a service's `VIP:port`, else the address itself.
+pub fn resolve_addr(store: &SnapshotStore, directory: &Directory, addr: SocketAddr) -> Dest {
+    let service = store.load().by_vip(addr).map(|t| t.service.clone());
+    match service.and_then(|k| directory.service(&k)) {
+        Some(b) => Dest::Service(b),
+        None => Dest::Direct(directory.direct(addr)),
+    }
+}
+
+impl<S> Service<Request<Incoming>> for Route<S>
+where
+    S: Service<
+        Request<Incoming>,
+        Response = Response<ProxyBody>,
+        Error = Infallible,
+        Future = ResponseFuture,
+    >,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> ResponseFuture {
+        match self.resolve(&req) {
+            Ok(dest) => {
+                req.extensions_mut().insert(dest);
+                self.inner.call(req)
+            }
+            Err(message) => {
+                let unrouted = self.layer.unrouted.clone();
+                unrouted.request();
+                unrouted.failure();
+                Box::pin(async move {
+                    let mut resp = error_response(StatusCode::BAD_GATEWAY, &message);
+                    resp.extensions_mut().insert(super::observe::Routed {
+                        service: Some(unrouted),
+                        peer: None,
+                    });
+                    Ok(resp)
+                })
+            }
+        }
+    }
+}

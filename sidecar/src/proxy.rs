@@ -1,0 +1,207 @@
+//! The two transparent listeners and what happens to an accepted connection:
+//! original destination → target (service `VIP:port`, plain address, or by authority when
+//! not redirected) → protocol (hint, server-first port, or detection) → HTTP server stack or
+//! opaque TCP forwarding.
+//!
+//! Outbound connections to a service's `VIP:port` are balanced over its endpoints; to any
+//! other address they pass through to it. Inbound connections go to the application on
+//! `127.0.0.1:<original port>` (`[::1]` for IPv6). One task per connection, tracked so that
+//! a drain can wait for them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use netd_config::netd::Protocol;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+
+use crate::detect::{self, Detected, PrefixedIo, SERVER_FIRST_PORTS};
+use crate::drain::Drain;
+use crate::http::route::{resolve_addr, Dest, Target};
+use crate::http::{self, ConnContext, HttpShared};
+use crate::metrics::Direction;
+use crate::pool::Version;
+use crate::sockopt::{self, ConnectOptions};
+
+/// Everything a listener's connections share.
+#[derive(Debug, Clone)]
+pub struct ProxyShared {
+    /// Outbound or inbound.
+    pub direction: Direction,
+    /// The HTTP stack's shared state.
+    pub http: HttpShared,
+    /// How upstream sockets are opened.
+    pub connect: ConnectOptions,
+    /// Longest wait for a client's first bytes before treating it as opaque TCP.
+    pub detect_timeout: Duration,
+    /// Where connections that were not redirected go when their requests name no service
+    /// (outbound) or always (inbound).
+    pub default_target: Option<SocketAddr>,
+}
+
+/// Accepts connections until `drain` fires; each is served on its own task in `tracker`.
+pub async fn run(
+    listener: TcpListener,
+    shared: Arc<ProxyShared>,
+    mut drain: Drain,
+    tracker: TaskTracker,
+) {
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "listener has no local address");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let shared = shared.clone();
+                    let drain = drain.clone();
+                    tracker.spawn(async move { handle(stream, peer, local, &shared, drain).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(%local, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = drain.signaled() => break,
+        }
+    }
+}
+
+/// Where a connection goes and the protocol hint of its port, before any byte is read.
+fn target(
+    stream: &TcpStream,
+    local: SocketAddr,
+    shared: &ProxyShared,
+) -> Option<(Target, Option<Protocol>, Option<u16>)> {
+    let orig = sockopt::original_dst(stream, local);
+    match shared.direction {
+        Direction::Outbound => Some(match orig {
+            Some(addr) => match shared.http.store.load().by_vip(addr) {
+                Some(t) => (
+                    Target::Service(t.service.clone()),
+                    Some(t.protocol),
+                    Some(addr.port()),
+                ),
+                None => (Target::Direct(addr), None, Some(addr.port())),
+            },
+            None => (
+                Target::ByAuthority {
+                    fallback: shared.default_target,
+                },
+                None,
+                None,
+            ),
+        }),
+        Direction::Inbound => match orig {
+            Some(addr) => {
+                let app: IpAddr = match addr {
+                    SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+                };
+                Some((
+                    Target::Direct(SocketAddr::new(app, addr.port())),
+                    None,
+                    Some(addr.port()),
+                ))
+            }
+            None => shared
+                .default_target
+                .map(|a| (Target::Direct(a), None, Some(a.port()))),
+        },
+    }
+}
+
+async fn handle(
+    mut stream: TcpStream,
+    client: SocketAddr,
+    local: SocketAddr,
+    shared: &ProxyShared,
+    drain: Drain,
+) {
+    let _ = stream.set_nodelay(true);
+    let Some((target, hint, port)) = target(&stream, local, shared) else {
+        tracing::debug!(%client, "not redirected and no default target: closing");
+        return;
+    };
+    let server_first = port.is_some_and(|p| SERVER_FIRST_PORTS.contains(&p));
+    let (detected, prefix) = match hint {
+        Some(Protocol::Tcp) => (Detected::Opaque, Default::default()),
+        Some(Protocol::Grpc) => (Detected::Http2, Default::default()),
+        _ if server_first => (Detected::Opaque, Default::default()),
+        Some(Protocol::Http) => {
+            match detect::detect(&mut stream, shared.http.limits.header_read_timeout).await {
+                Ok((Detected::Http2, p)) => (Detected::Http2, p),
+                // Hinted HTTP: hyper answers whatever this is with a 400.
+                Ok((_, p)) => (Detected::Http1, p),
+                Err(_) => return,
+            }
+        }
+        None => match detect::detect(&mut stream, shared.detect_timeout).await {
+            Ok(r) => r,
+            Err(_) => return,
+        },
+    };
+    shared
+        .http
+        .metrics
+        .detected(shared.direction, detected.label());
+    let io = PrefixedIo::new(prefix, stream);
+    let version = match detected {
+        Detected::Http1 => Version::Http1,
+        Detected::Http2 => Version::Http2,
+        Detected::Tls { sni } => return opaque(io, client, target, sni, "tls", shared).await,
+        Detected::Opaque => return opaque(io, client, target, None, "tcp", shared).await,
+    };
+    let ctx = ConnContext {
+        direction: shared.direction,
+        client,
+        target,
+        version,
+    };
+    http::serve(io, ctx, &shared.http, drain).await;
+}
+
+async fn opaque(
+    io: PrefixedIo<TcpStream>,
+    client: SocketAddr,
+    target: Target,
+    sni: Option<String>,
+    protocol: &'static str,
+    shared: &ProxyShared,
+) {
+    let directory = &shared.http.directory;
+    let dest = match target {
+        Target::Service(key) => directory.service(&key).map(Dest::Service),
+        Target::Direct(addr) => Some(Dest::Direct(directory.direct(addr))),
+        Target::ByAuthority { fallback } => {
+            let named = sni
+                .as_deref()
+                .and_then(|name| shared.http.store.load().by_authority(name))
+                .and_then(|key| directory.service(&key));
+            match (named, fallback) {
+                (Some(b), _) => Some(Dest::Service(b)),
+                (None, Some(addr)) => Some(resolve_addr(&shared.http.store, directory, addr)),
+                (None, None) => None,
+            }
+        }
+    };
+    let Some(dest) = dest else {
+        tracing::debug!(%client, ?sni, "no destination for opaque connection: closing");
+        return;
+    };
+    let service = match &dest {
+        Dest::Service(b) => b.key().to_string(),
+        Dest::Direct(_) => "-".to_string(),
+    };
+    let metrics = shared
+        .http
+        .metrics
+        .tcp(shared.direction, &service, protocol);
+    crate::tcp::forward(io, client, dest, shared.connect, metrics).await;
+}

@@ -1,0 +1,136 @@
+//! Bad input does not crash the sidecar or leak connection tasks: garbage on an HTTP port,
+//! oversized headers, half-closed and abandoned connections; and graceful drain.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn exchange(addr: std::net::SocketAddr, bytes: &[u8], half_close: bool) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    if half_close {
+        let _ = s.shutdown().await;
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    out
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_leaves_nothing_behind() {
+    let a = backend("a", Proto::H1).await;
+    let running = sidecar(web_snapshot("http", &[a.addr], "p2c"), |c| {
+        // Not redirected; the default target is the VIP, whose http hint skips detection.
+        c.default_target = Some("10.96.0.10:80".parse().unwrap());
+        c.limits.max_header_bytes = 16 * 1024;
+    })
+    .await;
+    let out = running.addrs.outbound;
+
+    // Garbage on an HTTP port: hyper answers 400 (or closes); nothing reaches the backend.
+    let reply = exchange(out, b"\x00\xff\x13garbage garbage\r\n\r\n", false).await;
+    assert!(
+        reply.is_empty() || reply.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
+
+    // Oversized headers: refused with 431 (or closed), not buffered without bound.
+    let mut big = b"GET / HTTP/1.1\r\nhost: web\r\nx-big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    let reply = exchange(out, &big, false).await;
+    assert!(
+        reply.is_empty() || reply.starts_with(b"HTTP/1.1 431"),
+        "{:?}",
+        String::from_utf8_lossy(&reply[..reply.len().min(80)])
+    );
+
+    // Half-closed in the middle of a request head: the sidecar closes its side too.
+    let reply = exchange(out, b"GET / HTTP/1.1\r\nhost: we", true).await;
+    assert!(!reply.starts_with(b"HTTP/1.1 200"));
+
+    // A complete request followed by a half-close still gets its answer.
+    let reply = exchange(out, b"GET / HTTP/1.1\r\nhost: web\r\n\r\n", true).await;
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
+
+    // Connections opened and abandoned at once, and detection-port garbage.
+    for _ in 0..20 {
+        drop(TcpStream::connect(out).await.unwrap());
+    }
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+    // Still serving, and every connection task is gone.
+    let mut client = h1(out).await;
+    let (status, _, _) = read(client.send_request(get("web", "/")).await.unwrap()).await;
+    assert_eq!(status, 200);
+    drop(client);
+    assert_eq!(settle(&running).await, 0);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn detection_garbage_and_silence_fall_back_to_opaque() {
+    let running = sidecar(web_snapshot("http", &[], "p2c"), |c| {
+        c.detect_timeout = Duration::from_millis(50);
+    })
+    .await;
+    // Not redirected, no default target, no SNI: an opaque connection has nowhere to go and
+    // is closed — whether it sent garbage or nothing at all.
+    assert!(exchange(running.addrs.outbound, b"\x00\x01\x02", false)
+        .await
+        .is_empty());
+    assert!(exchange(running.addrs.outbound, b"", false)
+        .await
+        .is_empty());
+    assert_eq!(settle(&running).await, 0);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn drain_lets_in_flight_requests_finish_and_stops_accepting() {
+    let a = backend("a", Proto::H1).await;
+    let running = sidecar(web_snapshot("http", &[a.addr], "p2c"), |c| {
+        c.drain_timeout = Duration::from_secs(5)
+    })
+    .await;
+    let out = running.addrs.outbound;
+    let admin = running.addrs.admin.unwrap();
+    let mut client = h1(out).await;
+    let in_flight = client.send_request(get("web", "/slow"));
+    let (resp, drained) = tokio::join!(in_flight, async {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        running.shutdown().await
+    });
+    assert_eq!(resp.unwrap().status(), 200);
+    assert!(drained, "drain finished within its timeout");
+    assert!(
+        TcpStream::connect(out).await.is_err() || {
+            // The listener is closed; a connect may race the close, but nothing is served.
+            let mut c = TcpStream::connect(out).await.unwrap();
+            let _ = c.write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n").await;
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut buf)).await;
+            buf.is_empty()
+        }
+    );
+    // The admin listener stopped too.
+    let admin_gone = match TcpStream::connect(admin).await {
+        Err(_) => true,
+        Ok(mut c) => {
+            let _ = c.write_all(b"GET /live HTTP/1.1\r\nhost: a\r\n\r\n").await;
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut buf)).await;
+            buf.is_empty()
+        }
+    };
+    assert!(admin_gone);
+}
