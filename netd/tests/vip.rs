@@ -311,6 +311,8 @@ fn vip_balances_across_healthy_endpoints_and_follows_changes() {
         "nft:\n{}",
         lab.nft()
     );
+    let (got, failed) = lab.probe(vip, 30);
+    assert_eq!((got, failed), (one, 0));
 
     // No endpoint left: connections are refused, fast.
     for id in ["ep1", "ep3"] {
