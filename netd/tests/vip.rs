@@ -331,7 +331,11 @@ fn vip_balances_across_healthy_endpoints_and_follows_changes() {
         wait_until(Duration::from_secs(5), || {
             let t = lab.nft();
             let empty = t.split("set empty4").nth(1).unwrap_or_default();
-            empty.split('}').next().unwrap_or_default().contains(&vip.to_string())
+            empty
+                .split('}')
+                .next()
+                .unwrap_or_default()
+                .contains(&vip.to_string())
         }),
         "nft:\n{}",
         lab.nft()
