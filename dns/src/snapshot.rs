@@ -25,7 +25,10 @@
 //! This module does not answer queries (see [`answer`](mod@crate::answer)) and knows nothing
 //! about the registry that feeds it.
 
-use std::collections::HashMap;
+// hashbrown's default hasher (foldhash, randomly seeded per process) rather than SipHash: a
+// name is hashed on every query and tens of thousands of times per rebuild. The keys come from
+// the registry; a query name only probes the table, so it cannot build collision chains.
+use hashbrown::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::ops::Deref;

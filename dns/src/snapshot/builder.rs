@@ -5,8 +5,8 @@
 //! bad input is reported with its context and the rest still builds; [`SnapshotBuilder::build`]
 //! cannot fail. The name forms and claim priorities are described in the parent module.
 
-use std::collections::hash_map::Entry as MapEntry;
-use std::collections::HashMap;
+use hashbrown::hash_map::Entry as MapEntry;
+use hashbrown::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA, SRV};
@@ -556,6 +556,9 @@ fn zone_index(zones: &[Zone], name: &LowerName) -> Option<usize> {
 /// such names (`svc.D.`, `ns.svc.D.`) answer NODATA rather than NXDOMAIN (RFC 8020).
 fn add_empty_non_terminals(names: &mut HashMap<LowerName, NameEntry>, zones: &[Zone]) {
     let mut missing = Vec::new();
+    // Ancestors already walked: their own ancestors were handled then, so a walk stops at the
+    // first one seen (most names share `svc.D.` and `ns.svc.D.`).
+    let mut walked: HashSet<LowerName> = HashSet::new();
     for (name, entry) in names.iter() {
         let Some(zone_index) = entry.zone else {
             continue;
@@ -565,10 +568,15 @@ fn add_empty_non_terminals(names: &mut HashMap<LowerName, NameEntry>, zones: &[Z
         };
         let mut ancestor = name.base_name();
         while ancestor != zone.apex && zone.apex.zone_of(&ancestor) {
+            if walked.contains(&ancestor) {
+                break;
+            }
             if !names.contains_key(&ancestor) {
                 missing.push((ancestor.clone(), zone_index));
             }
-            ancestor = ancestor.base_name();
+            let next = ancestor.base_name();
+            walked.insert(ancestor);
+            ancestor = next;
         }
     }
     for (name, zone) in missing {

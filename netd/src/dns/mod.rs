@@ -8,7 +8,8 @@
 //!
 //! One [`SnapshotHandle`] and one [`Forwarder`] (upstreams and cache) are shared by every
 //! listener. The names task rebuilds the snapshot on every registry revision, at most once per
-//! [`REBUILD_INTERVAL`], so a burst of registrations costs one rebuild. Answers themselves are
+//! [`REBUILD_INTERVAL`] (longer for large registries, see [`REBUILD_SHARE`]), so a burst of
+//! registrations costs one rebuild. Answers themselves are
 //! `netd-dns`'s business.
 
 pub mod listeners;
@@ -35,6 +36,9 @@ pub const GATEWAY_PORT: u16 = 53;
 pub const SEARCH_DOMAIN: &str = netd_config::netd::DEFAULT_DOMAIN;
 /// Shortest time between two snapshot rebuilds.
 pub const REBUILD_INTERVAL: Duration = Duration::from_millis(20);
+/// Between two rebuilds, wait at least this many times the last one's duration (so rebuilds
+/// take at most about 1/8 of a core during a burst of changes).
+pub const REBUILD_SHARE: u32 = 8;
 
 /// DNS settings of `netd up`.
 #[derive(Debug, Clone, Default)]
@@ -127,8 +131,11 @@ fn own_listeners(registry: &Registry, opts: &DnsOptions) -> Vec<SocketAddr> {
     own
 }
 
-/// Rebuilds and publishes the DNS snapshot on every registry revision, at most once per
-/// [`REBUILD_INTERVAL`]; logs each shadowed or rejected name once.
+/// Rebuilds and publishes the DNS snapshot on every registry revision, on a blocking thread
+/// (a rebuild of thousands of names takes milliseconds), at most once per
+/// [`REBUILD_INTERVAL`], or per [`REBUILD_SHARE`] times the last rebuild's duration when that
+/// is longer: a change after a quiet spell is answered within one rebuild, and a burst of
+/// registrations costs a bounded share of a core. Logs each shadowed or rejected name once.
 async fn follow_names(
     registry: Arc<Registry>,
     snapshot: SnapshotHandle,
@@ -139,17 +146,24 @@ async fn follow_names(
     let cfg = registry.config().clone();
     loop {
         revisions.borrow_and_update();
-        match names::build(&registry.snapshot(), &cfg.domain, cfg.vip_range) {
-            Ok((next, skipped)) => {
+        let snap = registry.snapshot();
+        let (domain, range) = (cfg.domain.clone(), cfg.vip_range);
+        let started = std::time::Instant::now();
+        let built = tokio::task::spawn_blocking(move || names::build(&snap, &domain, range)).await;
+        let took = started.elapsed();
+        match built {
+            Ok(Ok((next, skipped))) => {
                 for line in reported.fresh(next.shadowed(), &skipped) {
                     crate::log(&line);
                 }
                 snapshot.store(next);
             }
-            Err(e) => crate::log(&format!("DNS: cannot build names: {e}")),
+            Ok(Err(e)) => crate::log(&format!("DNS: cannot build names: {e}")),
+            Err(e) => crate::log(&format!("DNS: name rebuild failed: {e}")),
         }
+        let pause = REBUILD_INTERVAL.max(took * REBUILD_SHARE);
         tokio::select! {
-            () = tokio::time::sleep(REBUILD_INTERVAL) => {}
+            () = tokio::time::sleep(pause) => {}
             _ = drain.wait_for(|d| *d) => return,
         }
         tokio::select! {
