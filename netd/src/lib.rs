@@ -3,17 +3,15 @@
 //! - [`cli`]: the `netd` command line (one module per verb); [`client`]: the API client it uses.
 //! - [`daemon`]: `netd up` — startup, supervision, shutdown.
 //! - [`api`]: the HTTP/1.1 + JSON API on the unix socket.
-//! - [`registry`]: networks, services, endpoints, leases, attachments; snapshot, store, watch.
+//! - [`registry`]: networks, services, endpoints, leases, attachments; snapshot, store
+//!   (embedded redb, or etcd shared by several nodes), watch.
 //! - [`networks`]: network lifecycle with its CNI conflist ([`conflist`]).
 //! - [`health`]: active health checks of service endpoints (TCP connect, HTTP GET).
 //! - [`liveness`]: removes attachments (and their endpoints) whose container namespace is gone.
 //! - [`dns`]: answers DNS for the networks' containers and services (crate `netd-dns`).
 //! - [`mesh`]: one supervised `netd-sidecar` per container on a meshed network, with
 //!   transparent interception in its namespace.
-//!
-//! - [`vip`]: service VIPs balanced in nf_tables.
-//!
-//! The etcd store comes in a later step; it plugs in behind the registry's store trait.
+//! - [`vip`]: service VIPs and host ports balanced in nf_tables.
 
 pub mod api;
 pub mod cli;
