@@ -2,11 +2,19 @@
 //! a global revision and a watch feed.
 //!
 //! Reads go to an immutable [`Snapshot`] swapped atomically on every change (readers never
-//! lock). Writes are serialised: [`Registry::begin`] takes the write lock and the current
+//! lock). Writes are serialised: [`Registry::begin`] takes the write lock and the newest
 //! snapshot, the caller validates against it and stages [`Op`]s, and [`WriteTxn::commit`]
-//! stores them as one durable transaction, then publishes the next snapshot and the watch
-//! batch. A request is therefore either fully applied or not at all, and every acknowledged
-//! change is on disk.
+//! hands them to the committer, then publishes the next snapshot and the watch batch once they
+//! are durable. A request is therefore either fully applied or not at all, and every
+//! acknowledged change is on disk.
+//!
+//! **Group commit** (local store): the write lock is released as soon as a change is queued,
+//! not when it is durable, so the next writer validates against the *tip* (the snapshot with
+//! every queued change) while the committer task writes everything queued so far as one store
+//! transaction (one fsync for many writers). Changes are published, and their writers
+//! answered, in revision order after their transaction is durable; readers never see a change
+//! that is not. If a store transaction fails, every change in it and every change queued after
+//! it (they were validated against it) fails, and the tip falls back to the published snapshot.
 //!
 //! With a shared store (etcd, several nodes) the write path is the same up to the store; then
 //! the snapshot and the watch batch come from the store's feed instead ([`Store::follow`]): a
@@ -37,11 +45,13 @@ use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use netd_config::netd::{Deleted, Event};
 use netd_config::ConfigError;
-use tokio::sync::{watch as revision_watch, Mutex, OwnedMutexGuard};
+use tokio::sync::{mpsc, oneshot, watch as revision_watch, Mutex, OwnedMutexGuard};
 
 use self::leases::LeaseClock;
 use self::model::{Op, Record, Snapshot};
-use self::store::{Change, ChangeFeed, ChangeOp, Entry, Store, StoreError, StoreInfo, Table, Txn};
+use self::store::{
+    Change, ChangeFeed, ChangeOp, Entry, Store, StoreError, StoreInfo, StoreOp, Table, Txn,
+};
 use self::watch::{Batch, WatchHub};
 
 /// Settings of the registry.
@@ -124,7 +134,12 @@ impl RegistryError {
 pub struct Registry {
     store: Arc<dyn Store>,
     snapshot: ArcSwap<Snapshot>,
-    write: Arc<Mutex<()>>,
+    /// The write lock; it guards the tip: the published snapshot plus every change queued for
+    /// the committer (equal to the published one when nothing is queued, and always with a
+    /// shared store).
+    write: Arc<Mutex<Arc<Snapshot>>>,
+    /// Queue of the committer task (local store only).
+    committer: Option<mpsc::UnboundedSender<Queued>>,
     hub: Arc<WatchHub>,
     /// Last committed revision, for in-process followers (health checker) that only need to
     /// know *that* something changed; they read the snapshot themselves.
@@ -157,10 +172,24 @@ fn conflict_backoff(tries: u32) -> Duration {
 /// A write in progress: holds the write lock; nothing is visible until [`WriteTxn::commit`].
 pub struct WriteTxn {
     registry: Arc<Registry>,
-    guard: OwnedMutexGuard<()>,
+    guard: OwnedMutexGuard<Arc<Snapshot>>,
     base: Arc<Snapshot>,
     ops: Vec<Op>,
 }
+
+/// A change queued for the committer: its store operations, what to publish once durable,
+/// and who to tell.
+struct Queued {
+    base_revision: u64,
+    revision: u64,
+    store_ops: Vec<StoreOp>,
+    ops: Vec<Op>,
+    next: Arc<Snapshot>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// At most this many queued changes go into one store transaction.
+const GROUP_MAX: usize = 256;
 
 /// Result of a commit.
 pub struct Committed {
@@ -191,10 +220,15 @@ impl WriteTxn {
     /// is cancelled, so memory and store never diverge.
     pub async fn commit(self) -> Result<Committed, RegistryError> {
         if self.ops.is_empty() {
-            return Ok(Committed {
-                revision: self.base.revision,
-                snapshot: self.base,
-            });
+            let durable = self.registry.snapshot().revision >= self.base.revision;
+            if durable || self.registry.committer.is_none() {
+                return Ok(Committed {
+                    revision: self.base.revision,
+                    snapshot: self.base,
+                });
+            }
+            // Nothing to change, but the state judged is still queued: answer once it is
+            // durable (or fail with it).
         }
         tokio::spawn(self.commit_inner())
             .await
@@ -204,11 +238,11 @@ impl WriteTxn {
     async fn commit_inner(self) -> Result<Committed, RegistryError> {
         let WriteTxn {
             registry,
-            guard,
+            mut guard,
             base,
             ops,
         } = self;
-        let revision = base.revision + 1;
+        let revision = base.revision + u64::from(!ops.is_empty());
         let ops: Vec<Op> = ops
             .into_iter()
             .map(|op| match op {
@@ -216,6 +250,40 @@ impl WriteTxn {
                 del => del,
             })
             .collect();
+        if let Some(committer) = &registry.committer {
+            let next = if ops.is_empty() {
+                base.clone()
+            } else {
+                let mut next = (*base).clone();
+                for op in &ops {
+                    next.apply(op);
+                }
+                next.revision = revision;
+                Arc::new(next)
+            };
+            let (done, wait) = oneshot::channel();
+            let queued = Queued {
+                base_revision: base.revision,
+                revision,
+                store_ops: ops.iter().map(Op::to_store_op).collect(),
+                ops,
+                next: next.clone(),
+                done,
+            };
+            if committer.send(queued).is_err() {
+                return Err(RegistryError::Internal("the committer stopped".into()));
+            }
+            *guard = next.clone();
+            drop(guard);
+            return match wait.await {
+                Ok(Ok(())) => Ok(Committed {
+                    revision,
+                    snapshot: next,
+                }),
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(RegistryError::Internal("the committer stopped".into())),
+            };
+        }
         let stored = registry
             .store
             .commit(Txn {
@@ -284,18 +352,26 @@ impl Registry {
             }
         }
         let feed = store.follow(snap.revision);
+        let snap = Arc::new(snap);
+        let (queue, queued) = mpsc::unbounded_channel();
         let registry = Arc::new(Self {
             store,
             hub: WatchHub::new(snap.revision),
             revisions: revision_watch::Sender::new(snap.revision),
-            snapshot: ArcSwap::from_pointee(snap),
-            write: Arc::new(Mutex::new(())),
+            snapshot: ArcSwap::new(snap.clone()),
+            write: Arc::new(Mutex::new(snap)),
+            committer: feed.is_none().then_some(queue),
             leases,
             config,
             shared: feed.is_some(),
         });
-        if let Some(feed) = feed {
-            tokio::spawn(follow_feed(Arc::downgrade(&registry), feed));
+        match feed {
+            Some(feed) => {
+                tokio::spawn(follow_feed(Arc::downgrade(&registry), feed));
+            }
+            None => {
+                tokio::spawn(run_committer(Arc::downgrade(&registry), queued));
+            }
         }
         Ok(registry)
     }
@@ -310,18 +386,7 @@ impl Registry {
         }
         next.revision = revision;
         let next = Arc::new(next);
-        self.snapshot.store(next.clone());
-        let events = ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Put(r) => r.to_object().map(|object| Event::Put { revision, object }),
-                Op::Delete(r) => r
-                    .to_object()
-                    .map(|object| Event::Delete { revision, object }),
-            })
-            .collect();
-        self.hub.publish(Batch::new(revision, events));
-        self.revisions.send_replace(revision);
+        self.publish_next(next.clone(), ops, revision);
         next
     }
 
@@ -482,14 +547,91 @@ impl Registry {
         self.store.info()
     }
 
-    /// Starts a write: waits for the write lock.
+    /// Starts a write: waits for the write lock. The transaction sees every change committed
+    /// before it, durable or still queued.
     pub async fn begin(self: &Arc<Self>) -> WriteTxn {
         let guard = self.write.clone().lock_owned().await;
+        let base = if self.shared {
+            self.snapshot()
+        } else {
+            guard.clone()
+        };
         WriteTxn {
             registry: self.clone(),
             guard,
-            base: self.snapshot(),
+            base,
             ops: Vec::new(),
+        }
+    }
+
+    /// Publishes a durable change whose snapshot was computed when it was queued.
+    fn publish_next(&self, next: Arc<Snapshot>, ops: &[Op], revision: u64) {
+        self.snapshot.store(next);
+        self.hub
+            .publish(Batch::new(revision, events_of(ops, revision)));
+        self.revisions.send_replace(revision);
+    }
+}
+
+/// The watch events of a change.
+fn events_of(ops: &[Op], revision: u64) -> Vec<Event> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Put(r) => r.to_object().map(|object| Event::Put { revision, object }),
+            Op::Delete(r) => r
+                .to_object()
+                .map(|object| Event::Delete { revision, object }),
+        })
+        .collect()
+}
+
+/// The committer of a local store: writes every queued change so far as one transaction, then
+/// publishes them in order and answers their writers (see the module docs on group commit).
+async fn run_committer(registry: Weak<Registry>, mut queue: mpsc::UnboundedReceiver<Queued>) {
+    let mut group = Vec::new();
+    while queue.recv_many(&mut group, GROUP_MAX).await > 0 {
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        // Items without operations only wait for the changes queued before them.
+        let mut changes = group.iter().filter(|q| !q.ops.is_empty());
+        let outcome = match (changes.next(), changes.next_back()) {
+            (None, _) => Ok(0),
+            (Some(first), last) => {
+                let txn = Txn {
+                    base_revision: first.base_revision,
+                    revision: last.unwrap_or(first).revision,
+                    ops: group
+                        .iter()
+                        .flat_map(|q| q.store_ops.iter().cloned())
+                        .collect(),
+                };
+                registry.store.commit(txn).await
+            }
+        };
+        match outcome {
+            Ok(_) => {
+                for q in group.drain(..) {
+                    if !q.ops.is_empty() {
+                        registry.publish_next(q.next, &q.ops, q.revision);
+                    }
+                    let _ = q.done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let failed = || StoreError::Write(message.clone());
+                // Writers queue while holding the lock: with it held, everything queued after
+                // the failed group is in the channel, and nothing new can be.
+                let mut tip = registry.write.lock().await;
+                for q in group.drain(..) {
+                    let _ = q.done.send(Err(failed()));
+                }
+                while let Ok(q) = queue.try_recv() {
+                    let _ = q.done.send(Err(failed()));
+                }
+                *tip = registry.snapshot();
+            }
         }
     }
 }
@@ -529,5 +671,131 @@ pub(crate) fn deleted(kind: &str, key: String, revision: u64, existed: bool) -> 
         key,
         revision,
         existed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netd_config::netd::{EndpointSpec, ServicePort, ServiceSpec};
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::store::embedded::EmbeddedStore;
+    use super::store::{Loaded, StoreFuture};
+    use super::*;
+
+    /// The embedded store, counting its transactions.
+    struct Counting(EmbeddedStore, Arc<AtomicUsize>);
+
+    impl Store for Counting {
+        fn info(&self) -> StoreInfo {
+            self.0.info()
+        }
+        fn load(&self) -> StoreFuture<'_, Loaded> {
+            self.0.load()
+        }
+        fn commit(&self, txn: Txn) -> StoreFuture<'_, u64> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.commit(txn)
+        }
+    }
+
+    fn config() -> RegistryConfig {
+        RegistryConfig {
+            node: "n".into(),
+            vip_range: "10.96.0.0/16".parse().unwrap(),
+            domain: "netd.local".into(),
+        }
+    }
+
+    fn service(name: &str) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            namespace: "default".into(),
+            ports: vec![ServicePort {
+                name: None,
+                port: 80,
+                protocol: Default::default(),
+                host_port: None,
+            }],
+            health_check: None,
+        }
+    }
+
+    fn endpoint(i: u32) -> EndpointSpec {
+        EndpointSpec {
+            id: None,
+            address: std::net::IpAddr::from([10, 0, (i >> 8) as u8, i as u8]),
+            port: 80,
+            node: None,
+            container_id: None,
+            health: Default::default(),
+            weight: 1,
+            labels: Default::default(),
+            lease: None,
+        }
+    }
+
+    /// Many writers at once: grouped into few store transactions, yet every one gets its own
+    /// revision, is published in order to watchers, validates against the changes queued
+    /// before it, and is on disk when acknowledged.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_are_grouped_ordered_and_durable() {
+        let dir = std::env::temp_dir().join(format!("netd-group-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let commits = Arc::new(AtomicUsize::new(0));
+        let store = Counting(EmbeddedStore::open(&dir).unwrap(), commits.clone());
+        let reg = Registry::open(Arc::new(store), config()).await.unwrap();
+        let mut watch = reg.hub().subscribe(0, || reg.snapshot());
+        let start = reg.snapshot().revision;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..64u32 {
+            let reg = reg.clone();
+            tasks.spawn(async move {
+                // Each writer's second request depends on its first one being visible.
+                let name = format!("svc{i}");
+                reg.put_service(service(&name)).await.unwrap();
+                reg.register_endpoint("default", &name, endpoint(i))
+                    .await
+                    .unwrap()
+                    .revision
+            });
+        }
+        let mut revisions = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            revisions.push(r.unwrap());
+        }
+        let snap = reg.snapshot();
+        assert_eq!(snap.revision, start + 128);
+        assert_eq!(snap.services.len(), 64);
+        assert_eq!(snap.all_endpoints().count(), 64);
+        revisions.sort_unstable();
+        revisions.dedup();
+        assert_eq!(revisions.len(), 64, "every write has its own revision");
+        // 128 writes, 64 at a time: while one transaction is being made durable, the next
+        // writers' changes queue up and share the following one.
+        let commits = commits.load(Ordering::Relaxed);
+        assert!(commits < 128, "{commits} store transactions for 128 writes");
+        // Watchers got every revision, in order.
+        let mut seen = Vec::new();
+        while seen.len() < 128 {
+            let batch = tokio::time::timeout(Duration::from_secs(5), watch.live.recv())
+                .await
+                .expect("watch batch")
+                .expect("open");
+            seen.push(batch.revision);
+        }
+        assert!(seen.windows(2).all(|w| w[0] + 1 == w[1]), "{seen:?}");
+        // Everything acknowledged is in the store.
+        drop(watch);
+        drop(reg);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let again = Registry::open(Arc::new(EmbeddedStore::open(&dir).unwrap()), config())
+            .await
+            .unwrap();
+        let snap = again.snapshot();
+        assert_eq!(snap.revision, start + 128);
+        assert_eq!(snap.all_endpoints().count(), 64);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
