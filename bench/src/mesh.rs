@@ -339,6 +339,14 @@ fn rss(pid: u32) -> (Option<u64>, Option<u64>) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// `RssAnon` of `pid` (RSS less the file-backed pages: the binary's and libraries' code), KiB.
+fn rss_anon(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// User + system CPU seconds of `pid`.
 fn cpu_time(pid: u32) -> Option<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -482,6 +490,8 @@ pub struct HopReport {
     pub self_ready_ms: Option<f64>,
     /// VmRSS 300 ms after ready (one request served), KiB.
     pub rss_idle_kib: Option<u64>,
+    /// RssAnon at the same time (without code pages), KiB.
+    pub rss_idle_anon_kib: Option<u64>,
     /// VmRSS halfway through the wrk run, KiB.
     pub rss_load_kib: Option<u64>,
     /// VmHWM after the wrk run, KiB.
@@ -497,6 +507,7 @@ impl HopReport {
             "startup_ms": self.startup_ms.map(round3),
             "self_ready_ms": self.self_ready_ms.map(round3),
             "rss_idle_kib": self.rss_idle_kib,
+            "rss_idle_anon_kib": self.rss_idle_anon_kib,
             "rss_load_kib": self.rss_load_kib,
             "rss_peak_kib": self.rss_peak_kib,
             "cpu_secs": self.cpu_secs.map(round3),
@@ -743,6 +754,7 @@ fn measure_path(
     let pids: Vec<u32> = procs.iter().map(Proc::pid).collect();
     for (h, &pid) in report.hops.iter_mut().zip(&pids) {
         h.rss_idle_kib = rss(pid).0;
+        h.rss_idle_anon_kib = rss_anon(pid);
     }
     wrk(tools, opts, script, entry, WARMUP_SECS, None).map_err(|e| format!("warm-up: {e}"))?;
     if guard::interrupted() {
@@ -875,6 +887,9 @@ fn rows(reports: &[PathReport]) -> Vec<Row> {
     });
     row("RSS idle, largest hop (MB)", Kind::Mb, &|r| {
         r.max_hop(|h| mb(h.rss_idle_kib))
+    });
+    row("  of which anonymous (MB)", Kind::Mb, &|r| {
+        r.max_hop(|h| mb(h.rss_idle_anon_kib))
     });
     row("RSS under load, largest hop (MB)", Kind::Mb, &|r| {
         r.max_hop(|h| mb(h.rss_load_kib))
