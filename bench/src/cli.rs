@@ -11,6 +11,8 @@ usage: netd-bench cni [options]
        netd-bench registry [options]
                                   (the netd daemon's registry: writes/s, watch latency, RSS;
                                    see netd-bench registry --help)
+       netd-bench mesh [options]  (client -> sidecar -> sidecar -> server vs direct, nginx
+                                   and HAProxy, on loopback; see netd-bench mesh --help)
 
 Compares netd-cni with the reference chain bridge + host-local + portmap, side by side,
 inside throwaway network namespaces. Run as root.

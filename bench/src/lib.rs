@@ -22,6 +22,10 @@
 //! The `registry` benchmark ([`registry`]) measures the netd daemon itself through its API:
 //! registration throughput, watch propagation latency and RSS, with `netd up` inside a
 //! throwaway network namespace.
+//!
+//! The `mesh` benchmark ([`mesh`]) compares the mesh's HTTP path through two `netd-sidecar`
+//! hops with the same path direct, through two nginx hops and through two HAProxy hops, on
+//! loopback, under wrk (fixed concurrency) and an open-loop generator (fixed rate).
 
 pub mod attach;
 pub mod cli;
@@ -29,6 +33,7 @@ pub mod cni;
 pub mod datapath;
 pub mod dns;
 pub mod guard;
+pub mod mesh;
 pub mod netns;
 pub mod registry;
 pub mod report;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use netd_bench::cli::{Options, Tool, USAGE};
 use netd_bench::scratch::Scratch;
-use netd_bench::{dns, guard, registry, report, runner, tools};
+use netd_bench::{dns, guard, mesh, registry, report, runner, tools};
 
 fn main() -> ExitCode {
     // The DNS server helper is a plain long-running child: no signal thread, no scratch.
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Some("cni") => {}
         Some("dns") => return dns_main(args),
         Some("registry") => return registry_main(args),
+        Some("mesh") => return mesh_main(args),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -93,6 +94,29 @@ fn registry_main(args: impl Iterator<Item = String>) -> ExitCode {
         }
     };
     match registry::run(&opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("netd-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `mesh` subcommand: options, run, exit status.
+fn mesh_main(args: impl Iterator<Item = String>) -> ExitCode {
+    if std::env::args().any(|a| a == "-h" || a == "--help") {
+        print!("{}", mesh::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let opts = match mesh::Options::parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("netd-bench: {e}\n\n{}", mesh::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match mesh::run(&opts) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
