@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use crate::guard;
+use crate::procfs::{log_tail, rss, which};
 use crate::scratch::Scratch;
 use crate::stats::{ratio, round3};
 
@@ -327,29 +328,6 @@ pub struct ServerReport {
     pub error: Option<String>,
 }
 
-/// `VmRSS` and `VmHWM` of `pid`, KiB.
-fn rss(pid: u32) -> (Option<u64>, Option<u64>) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// User + system CPU seconds of `pid`.
-fn cpu_time(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start at field 3.
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| ticks / hz as f64)
-}
-
 /// A port free for UDP and TCP on 127.0.0.1 right now.
 fn free_port() -> Result<u16, String> {
     for _ in 0..32 {
@@ -430,14 +408,6 @@ impl Drop for Running {
     }
 }
 
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-}
-
 struct Tools {
     taskset: PathBuf,
     dnsperf: PathBuf,
@@ -514,12 +484,6 @@ fn spawn(
     })
 }
 
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(5)..].join(" | ")
-}
-
 fn run_server(
     opts: &Options,
     tools: &Tools,
@@ -559,7 +523,7 @@ fn measure(
         .map_err(|e| format!("{}: {e}; log: {}", server.key(), log_tail(&log)))?;
     std::thread::sleep(Duration::from_millis(300));
     report.rss_idle_kib = rss(pid).0;
-    let cpu_before = cpu_time(pid);
+    let cpu_before = crate::procfs::cpu_time(&pid.to_string());
     eprintln!(
         "netd-bench: dnsperf against {} for {} s (CPU {LOAD_CPU})",
         server.key(),
@@ -586,7 +550,7 @@ fn measure(
     let out = child
         .wait_with_output()
         .map_err(|e| format!("dnsperf: {e}"))?;
-    let cpu_after = cpu_time(pid);
+    let cpu_after = crate::procfs::cpu_time(&pid.to_string());
     let (after, peak) = rss(pid);
     report.rss_after_kib = after;
     report.rss_peak_kib = peak;

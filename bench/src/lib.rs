@@ -15,6 +15,7 @@
 //! - [`runner`] — one tool's run, from namespaces to teardown.
 //! - [`report`] — the table and the JSON document.
 //! - [`stats`] — percentiles.
+//! - [`procfs`] — memory and CPU time of processes, programs on `PATH`, log tails.
 //!
 //! The `dns` benchmark ([`dns`]) compares netd's DNS server (`netd-dns`, run by the same
 //! binary's `dns-server` mode) with dnsmasq under dnsperf, on loopback.
@@ -35,6 +36,7 @@ pub mod dns;
 pub mod guard;
 pub mod mesh;
 pub mod netns;
+pub mod procfs;
 pub mod registry;
 pub mod report;
 pub mod runner;

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use crate::guard;
+use crate::procfs::{log_tail, rss, rss_anon, which};
 use crate::scratch::Scratch;
 use crate::stats::{ratio, round3};
 use load::{RateResult, RateSpec, WrkSummary};
@@ -234,14 +235,6 @@ impl Drop for Proc {
     }
 }
 
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-}
-
 struct Tools {
     taskset: PathBuf,
     wrk: PathBuf,
@@ -320,42 +313,6 @@ fn spawn(
         log,
         _watch: watch,
     })
-}
-
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(5)..].join(" | ")
-}
-
-/// `VmRSS` and `VmHWM` of `pid`, KiB.
-fn rss(pid: u32) -> (Option<u64>, Option<u64>) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// `RssAnon` of `pid` (RSS less the file-backed pages: the binary's and libraries' code), KiB.
-fn rss_anon(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-/// User + system CPU seconds of `pid`.
-fn cpu_time(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| ticks / hz as f64)
 }
 
 /// Per-CPU (total, idle + iowait) jiffies of CPUs 0 and 1.
@@ -1220,6 +1177,11 @@ pub fn run(opts: &Options) -> Result<bool, String> {
         eprintln!("netd-bench: results written to {}", path.display());
     }
     Ok(reports.iter().all(|r| r.error.is_none()))
+}
+
+/// User + system CPU seconds of `pid`.
+fn cpu_time(pid: u32) -> Option<f64> {
+    crate::procfs::cpu_time(&pid.to_string())
 }
 
 #[cfg(test)]

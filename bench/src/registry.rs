@@ -44,6 +44,7 @@ use serde_json::{json, Value};
 
 use crate::guard;
 use crate::netns::{self, NetNs};
+use crate::procfs::{cpu_time, log_tail, rss};
 use crate::scratch::Scratch;
 use crate::stats::{round3, Summary};
 
@@ -229,32 +230,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Finds the netd binary: `--netd`, next to this binary, then `target/release/netd`.
-fn find_netd(explicit: Option<&Path>) -> Result<PathBuf, String> {
-    if let Some(p) = explicit {
-        return p
-            .canonicalize()
-            .map_err(|e| format!("--netd {}: {e}", p.display()));
-    }
-    let mut candidates = Vec::new();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        candidates.push(dir.join("netd"));
-    }
-    candidates.push(PathBuf::from("target/release/netd"));
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .and_then(|p| p.canonicalize().ok())
-        .ok_or_else(|| {
-            "netd not found next to netd-bench nor in target/release: run \
-             `cargo build --release -p netd` or pass --netd PATH"
-                .to_string()
-        })
-}
-
 struct Paths {
     socket: PathBuf,
     data_dir: PathBuf,
@@ -329,34 +304,6 @@ fn start_daemon(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(5)..].join(" | ")
-}
-
-/// `VmRSS` and `VmHWM` of `pid`, KiB.
-fn rss(pid: u32) -> (Option<u64>, Option<u64>) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// User + system CPU seconds of `pid` (`self` for this process).
-fn cpu_time(pid: &str) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| ticks / hz as f64)
 }
 
 /// The filesystem type (`ext4`, `tmpfs`, ...) and mount point holding `path`, from
@@ -1103,7 +1050,7 @@ pub fn run(opts: &Options) -> Result<bool, String> {
             "run as root: the daemon runs in a network namespace the benchmark creates".into(),
         );
     }
-    let bin = find_netd(opts.netd.as_deref())?;
+    let bin = crate::procfs::find_binary("netd", opts.netd.as_deref(), "--netd")?;
     let nofile = raise_nofile();
     if (opts.watchers as u64) + 256 > nofile {
         return Err(format!(

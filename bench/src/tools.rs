@@ -93,31 +93,9 @@ pub fn reference_conflist(dir: &Path, state: &Path) -> ConfList {
     }
 }
 
-/// Where to find netd-cni when `--netd` is not given: next to this binary (cargo puts both in
-/// `target/<profile>/`), then `target/release/` of the current directory.
+/// Where to find netd-cni: `--netd`, next to this binary, then `target/release/`.
 pub fn find_netd(explicit: Option<&Path>) -> Result<PathBuf, String> {
-    if let Some(p) = explicit {
-        return p
-            .canonicalize()
-            .map_err(|e| format!("--netd {}: {e}", p.display()));
-    }
-    let mut candidates = Vec::new();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        candidates.push(dir.join("netd-cni"));
-    }
-    candidates.push(PathBuf::from("target/release/netd-cni"));
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .and_then(|p| p.canonicalize().ok())
-        .ok_or_else(|| {
-            "netd-cni not found next to netd-bench nor in target/release: run \
-             `cargo build --release -p netd-cni` or pass --netd PATH"
-                .to_string()
-        })
+    crate::procfs::find_binary("netd-cni", explicit, "--netd")
 }
 
 /// NAT state in the calling thread's namespace.
