@@ -6,7 +6,8 @@
 //!
 //! Outbound connections to a service's `VIP:port` are balanced over its endpoints; to any
 //! other address they pass through to it. Inbound connections go to the application on
-//! `127.0.0.1:<original port>` (`[::1]` for IPv6). One task per connection, tracked so that
+//! `127.0.0.1:<original port>` (`[::1]` for IPv6), counted under the service whose endpoint
+//! the original destination is, when it is one. One task per connection, tracked so that
 //! a drain can wait for them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -104,11 +105,12 @@ fn target(
                     SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
                     SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
                 };
-                Some((
-                    Target::Direct(SocketAddr::new(app, addr.port())),
-                    None,
-                    Some(addr.port()),
-                ))
+                let app = SocketAddr::new(app, addr.port());
+                let target = match shared.http.store.load().endpoint_service(addr) {
+                    Some(service) => Target::Local { app, service },
+                    None => Target::Direct(app),
+                };
+                Some((target, None, Some(addr.port())))
             }
             None => shared
                 .default_target
@@ -200,6 +202,7 @@ async fn opaque(
     let dest = match target {
         Target::Service(key) => directory.service(&key).map(Dest::Service),
         Target::Direct(addr) => Some(Dest::Direct(directory.direct(addr))),
+        Target::Local { app, service } => Some(Dest::Direct(directory.local(app, service))),
         Target::ByAuthority { fallback } => {
             let named = sni
                 .as_deref()
@@ -218,7 +221,7 @@ async fn opaque(
     };
     let service = match &dest {
         Dest::Service(b) => b.key().to_string(),
-        Dest::Direct(_) => "-".to_string(),
+        Dest::Direct(ep) => ep.service().unwrap_or("-").to_string(),
     };
     let metrics = shared
         .http

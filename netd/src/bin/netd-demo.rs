@@ -10,14 +10,13 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netd_cni::link::Netlink;
-use netd_cni::netns::NamedNetNs;
+use netd_cni::netns::{NamedNetNs, NetNs};
 use serde_json::{json, Value};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -47,7 +46,7 @@ fn run() -> Res<()> {
     // netd in the host namespace, on embedded defaults but with private paths.
     let log = dir.join("netd.log");
     let mut daemon = Daemon(Some(
-        in_ns(Command::new(&netd), host.ns().as_raw_fd())
+        in_ns(Command::new(&netd), host.ns())
             .arg("--socket")
             .arg(&socket)
             .arg("up")
@@ -255,7 +254,7 @@ struct Cni<'a> {
 
 impl Cni<'_> {
     fn call(&self, cmd: &str, id: &str, name: &str, ns: &NamedNetNs) -> Res<(Value, Duration)> {
-        let mut child = in_ns(Command::new(self.plugin), self.host.ns().as_raw_fd());
+        let mut child = in_ns(Command::new(self.plugin), self.host.ns());
         child
             .env("CNI_COMMAND", cmd)
             .env("CNI_CONTAINERID", id)
@@ -286,17 +285,9 @@ impl Cni<'_> {
     }
 }
 
-/// `cmd` will run in the network namespace `fd`.
-fn in_ns(mut cmd: Command, fd: RawFd) -> Command {
-    // SAFETY: setns is async-signal-safe and only affects the child after fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+/// `cmd` will run in the network namespace `ns`.
+fn in_ns(mut cmd: Command, ns: &NetNs) -> Command {
+    ns.enter_on_exec(&mut cmd);
     cmd
 }
 

@@ -1,0 +1,701 @@
+//! The mesh end to end, with real components only: `netd up` runs inside a throwaway "host"
+//! namespace with `--sidecar-bin` pointing at the real `netd-sidecar`; a network is created
+//! with `mesh: true`; three containers (throwaway namespaces) are attached with the real
+//! `netd-cni` as a runtime would (`client`, and `hello-1`/`hello-2` serving HTTP on port 80 and
+//! registering `hello:80` through `NETD_SERVICE`). netd then starts one sidecar per container,
+//! inside its namespace, with nf_tables interception in there.
+//!
+//! The client is unmodified: a plain std `TcpStream` speaking HTTP/1.1 keep-alive to the VIP
+//! it resolved with a plain UDP DNS query to the gateway's port 53 (netd's own DNS is off:
+//! only the client's sidecar, to which interception sends port 53, can answer).
+//!
+//! Every namespace is deleted and every process in it killed (by pid) when the lab drops,
+//! also on failure; names carry the test process id and a counter, so tests run in parallel.
+//! Needs the binaries: `cargo build -p netd-cni -p netd-sidecar` (next to the `netd` binary
+//! under test, or `NETD_CNI_BIN` / `NETD_SIDECAR_BIN`). No timings are asserted.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{netd_up, pids_in_netns, unique, wait_until, TempDir, BIN};
+use netd::client::Client;
+use netd::mesh::status::SidecarState;
+use netd_cni::netns::NamedNetNs;
+use netd_config::netd::{NetworkSpec, Protocol, ServicePort, ServiceSpec};
+use netd_dns::proto::op::{Message, Query};
+use netd_dns::proto::rr::{Name, RData, RecordType};
+use serde_json::{json, Value};
+
+/// Longest wait for anything the mesh does on its own (sidecars up, snapshots propagated).
+const WAIT: Duration = Duration::from_secs(30);
+const SUBNET: &str = "10.91.0.0/24";
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 91, 0, 1);
+const ADMIN: &str = "127.0.0.1:15000";
+/// A plain TCP echo port in `hello-1` that is no service port.
+const ECHO_PORT: u16 = 7000;
+
+/// A binary built next to the `netd` under test, or at `$env`.
+fn binary(name: &str, env: &str) -> PathBuf {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(BIN)
+            .parent()
+            .expect("netd binary has a directory")
+            .join(name)
+    });
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p netd-cni -p netd-sidecar` first",
+        path.display()
+    );
+    path
+}
+
+/// Brings `lo` up in `ns`.
+fn lo_up(ns: &NamedNetNs) {
+    ns.ns()
+        .run(|| netd_cni::link::Netlink::open()?.set_up(1))
+        .expect("enter namespace")
+        .expect("set lo up");
+}
+
+/// A container: its namespace, CNI container id and address.
+struct Ctr {
+    name: String,
+    id: String,
+    ip: Ipv4Addr,
+    ns: NamedNetNs,
+}
+
+impl Ctr {
+    /// Runs `f` on a thread inside the container's namespace.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.ns.ns().run(f).expect("enter container namespace")
+    }
+}
+
+/// netd in a host namespace, a meshed network, three containers; all removed on drop.
+struct Lab {
+    rt: tokio::runtime::Runtime,
+    api: Client,
+    daemon: Option<Child>,
+    conf: Value,
+    cni: PathBuf,
+    ctrs: Vec<Ctr>,
+    stop_servers: Arc<AtomicBool>,
+    host: NamedNetNs,
+    // Last: removed after the processes are gone.
+    dir: TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let tag = unique("m");
+        let sidecar = binary("netd-sidecar", "NETD_SIDECAR_BIN");
+        let cni = binary("netd-cni", "NETD_CNI_BIN");
+        let dir = TempDir::new("mesh-e2e");
+        let host = NamedNetNs::create(&format!("netd-me-h-{tag}")).expect("host namespace");
+        lo_up(&host);
+        let socket = dir.0.join("netd.sock");
+        let log = std::fs::File::create(dir.0.join("netd.log")).expect("log");
+        let mut cmd = Command::new(BIN);
+        host.ns().enter_on_exec(&mut cmd);
+        let mut cmd = netd_up(cmd, &dir.0);
+        cmd.args(["--node", "test-node", "--no-network-dns"])
+            .arg("--sidecar-bin")
+            .arg(&sidecar)
+            .args(["--sidecar-drain-timeout", "1"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        let mut lab = Lab {
+            rt: tokio::runtime::Runtime::new().expect("runtime"),
+            api: Client::new(&socket),
+            daemon: Some(cmd.spawn().expect("spawn netd up")),
+            conf: Value::Null,
+            cni,
+            ctrs: Vec::new(),
+            stop_servers: Arc::default(),
+            host,
+            dir,
+        };
+        assert!(
+            wait_until(WAIT, || std::os::unix::net::UnixStream::connect(&socket)
+                .is_ok()),
+            "netd did not come up:\n{}",
+            lab.log()
+        );
+        let net = lab
+            .rt
+            .block_on(lab.api.create_network(&NetworkSpec {
+                name: "m".into(),
+                subnets: vec![SUBNET.into()],
+                mesh: true,
+                isolate: false,
+                bridge: None,
+            }))
+            .expect("create meshed network");
+        assert!(net.mesh);
+        // The plugin's configuration is the conflist netd wrote, as a runtime would read it.
+        let list: Value = serde_json::from_str(
+            &std::fs::read_to_string(lab.dir.0.join("cni").join("m.conflist")).expect("conflist"),
+        )
+        .expect("conflist JSON");
+        let mut conf = list["plugins"][0].clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        conf["name"] = list["name"].clone();
+        conf["dataDir"] = json!(lab.dir.0.join("cni-state"));
+        lab.conf = conf;
+        // `hello` is known HTTP (the protocol hint skips detection).
+        lab.rt
+            .block_on(lab.api.put_service(&ServiceSpec {
+                name: "hello".into(),
+                namespace: "default".into(),
+                ports: vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    protocol: Protocol::Http,
+                    host_port: None,
+                }],
+                health_check: None,
+            }))
+            .expect("create service hello");
+        for (name, service) in [
+            ("client", None),
+            ("hello-1", Some("hello:80")),
+            ("hello-2", Some("hello:80")),
+        ] {
+            lab.attach(&tag, name, service);
+        }
+        for c in &lab.ctrs[1..] {
+            http_server(c, 80, &c.name, lab.stop_servers.clone());
+        }
+        echo_server(&lab.ctrs[1], ECHO_PORT, lab.stop_servers.clone());
+        for c in &lab.ctrs {
+            lab.wait_ready(c);
+        }
+        lab
+    }
+
+    /// Attaches a new container `name` with `netd-cni ADD`, as a runtime would.
+    fn attach(&mut self, tag: &str, name: &str, service: Option<&str>) {
+        let ns = NamedNetNs::create(&format!("netd-me-{name}-{tag}")).expect("namespace");
+        let id = format!("{name}-{tag}");
+        let mut args = format!("K8S_POD_NAME={name}");
+        if let Some(s) = service {
+            args.push_str(&format!(";NETD_SERVICE={s}"));
+        }
+        let result = self.cni_call("ADD", &id, &ns, &args);
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no IPv4 address in {result}"));
+        // Loopback is where the sidecar listens and the application is reached.
+        lo_up(&ns);
+        self.ctrs.push(Ctr {
+            name: name.into(),
+            id,
+            ip,
+            ns,
+        });
+    }
+
+    fn cni_call(&self, command: &str, id: &str, ns: &NamedNetNs, args: &str) -> Value {
+        let mut cmd = Command::new(&self.cni);
+        self.host.ns().enter_on_exec(&mut cmd);
+        cmd.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", ns.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .env("CNI_ARGS", args)
+            .env("NETD_SOCKET", self.api.socket())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn netd-cni");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(self.conf.to_string().as_bytes())
+            .expect("write conf");
+        let out = child.wait_with_output().expect("netd-cni");
+        assert!(
+            out.status.success(),
+            "netd-cni {command} {id}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("netd.log")).unwrap_or_default()
+    }
+
+    fn ctr(&self, name: &str) -> &Ctr {
+        self.ctrs
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no container {name}"))
+    }
+
+    /// Waits until the container's sidecar answers `/ready` with 200.
+    fn wait_ready(&self, c: &Ctr) {
+        let ok = wait_until(WAIT, || {
+            c.run(|| admin_get("/ready"))
+                .is_some_and(|(status, _)| status == 200)
+        });
+        assert!(ok, "sidecar of {} never got ready:\n{}", c.name, self.log());
+    }
+
+    /// The sidecar process of container `name`, as netd reports it.
+    fn sidecar_pid(&self, name: &str) -> Option<u32> {
+        let id = &self.ctr(name).id;
+        let all = self.rt.block_on(self.api.sidecars()).ok()?;
+        all.into_iter()
+            .find(|s| &s.container_id == id && s.state == SidecarState::Running)
+            .and_then(|s| s.pid)
+    }
+
+    /// The sidecar's `/metrics`, from inside container `name`.
+    fn metrics(&self, name: &str) -> String {
+        self.ctr(name)
+            .run(|| admin_get("/metrics"))
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop_servers.store(true, Ordering::Relaxed);
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The sidecars netd started (own process groups, they outlive netd).
+        for c in &self.ctrs {
+            for pid in pids_in_netns(c.ns.path()) {
+                // SAFETY: kill(2) on a sidecar netd started for this test's namespace.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// `GET path` on the sidecar's admin listener (call from inside the container's namespace):
+/// status and body, `None` when it does not answer.
+fn admin_get(path: &str) -> Option<(u16, String)> {
+    let addr: SocketAddr = ADMIN.parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// An HTTP/1.1 keep-alive server on `0.0.0.0:port` in `c`, answering every request with
+/// `name`; it stops accepting once `stop` is set.
+fn http_server(c: &Ctr, port: u16, name: &str, stop: Arc<AtomicBool>) {
+    let listener = c
+        .run(|| TcpListener::bind(("0.0.0.0", port)))
+        .expect("bind HTTP server");
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let name = name.clone();
+            std::thread::spawn(move || serve_http(conn, &name));
+        }
+    });
+}
+
+fn serve_http(conn: TcpStream, name: &str) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(mut out) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(conn);
+    loop {
+        // Request head: lines up to the empty one (GETs only, no body).
+        let mut any = false;
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" || line == "\n" => break,
+                Ok(_) => any = true,
+            }
+        }
+        if !any {
+            continue;
+        }
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{name}",
+            name.len()
+        );
+        if out.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A TCP echo server (not HTTP) on `0.0.0.0:port` in `c`.
+fn echo_server(c: &Ctr, port: u16, stop: Arc<AtomicBool>) {
+    let listener = c
+        .run(|| TcpListener::bind(("0.0.0.0", port)))
+        .expect("bind echo server");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                if let Ok(mut w) = conn.try_clone() {
+                    let _ = std::io::copy(&mut &conn, &mut w);
+                }
+            });
+        }
+    });
+}
+
+/// An unmodified HTTP/1.1 client on one keep-alive connection.
+struct HttpClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl HttpClient {
+    fn connect(addr: SocketAddr) -> std::io::Result<HttpClient> {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(HttpClient {
+            writer: s.try_clone()?,
+            reader: BufReader::new(s),
+        })
+    }
+
+    /// `GET /` with `Host: host`: the status and the body.
+    fn get(&mut self, host: &str) -> std::io::Result<(u16, String)> {
+        write!(self.writer, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+        let bad = |what: &str| std::io::Error::other(what.to_string());
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(&format!("bad status line {line:?}")))?;
+        let mut length = 0usize;
+        loop {
+            let mut h = String::new();
+            if self.reader.read_line(&mut h)? == 0 {
+                return Err(bad("connection closed in the response head"));
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().map_err(|_| bad("bad content-length"))?;
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body)?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// `n` requests over one keep-alive connection to `addr`: answers by body, and failures
+/// (a failed request ends the connection; the next one opens a new connection).
+fn requests(addr: SocketAddr, n: usize) -> (BTreeMap<String, usize>, usize) {
+    let mut names = BTreeMap::new();
+    let mut failed = 0;
+    let mut conn = None;
+    for _ in 0..n {
+        if conn.is_none() {
+            conn = HttpClient::connect(addr).ok();
+        }
+        match conn.as_mut().map(|c| c.get("hello")) {
+            Some(Ok((200, body))) => *names.entry(body).or_insert(0) += 1,
+            _ => {
+                failed += 1;
+                conn = None;
+            }
+        }
+    }
+    (names, failed)
+}
+
+/// The A record of `name` from a plain UDP query to `server:53`, as a stub resolver with
+/// netd's search domain sends it.
+fn resolve(server: Ipv4Addr, name: &str) -> Option<Ipv4Addr> {
+    let sock = UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let mut q = Message::query();
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(
+        Name::from_ascii(format!("{name}.netd.local.")).ok()?,
+        RecordType::A,
+    ));
+    sock.send_to(&q.to_vec().ok()?, (server, 53)).ok()?;
+    let mut buf = [0u8; 1500];
+    let n = sock.recv(&mut buf).ok()?;
+    let r = Message::from_vec(&buf[..n]).ok()?;
+    r.answers.iter().find_map(|rec| match &rec.data {
+        RData::A(a) => Some(a.0),
+        _ => None,
+    })
+}
+
+/// The sum of a metric's samples whose labels contain every one of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The VIP of `hello` as the client resolves it through its namespace's DNS path.
+fn hello_vip(lab: &Lab) -> SocketAddr {
+    let mut vip = None;
+    let found = wait_until(WAIT, || {
+        vip = lab.ctr("client").run(|| resolve(GATEWAY, "hello"));
+        vip.is_some()
+    });
+    assert!(found, "client cannot resolve hello:\n{}", lab.log());
+    SocketAddr::new(IpAddr::V4(vip.expect("resolved")), 80)
+}
+
+#[test]
+fn unmodified_client_is_balanced_per_request_through_both_sidecars() {
+    let lab = Lab::new();
+    // DNS: netd's own DNS is off; the client's port-53 query is answered by its sidecar.
+    let vip = hello_vip(&lab);
+    let svc = lab
+        .rt
+        .block_on(lab.api.service("default", "hello"))
+        .expect("service")
+        .expect("hello exists");
+    assert_eq!(vip.ip(), svc.vip, "DNS answered the service VIP");
+
+    // Endpoints reach the client's sidecar through netd's watch: retry until both answer.
+    let mut seen = BTreeMap::new();
+    let both = wait_until(WAIT, || {
+        let (names, failed) = lab.ctr("client").run(|| requests(vip, 40));
+        assert_eq!(failed, 0, "failed requests over one keep-alive connection");
+        seen = names;
+        seen.len() == 2
+    });
+    assert!(
+        both,
+        "one keep-alive connection was not balanced over both replicas: {seen:?}\n{}",
+        lab.log()
+    );
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        ["hello-1", "hello-2"]
+    );
+
+    // Golden metrics: the client's outbound sidecar counted the requests for the service,
+    // each replica's inbound sidecar the ones it served.
+    let out = metric(
+        &lab.metrics("client"),
+        "netd_http_requests_total",
+        &["direction=\"outbound\"", "service=\"default/hello\""],
+    );
+    assert!(out >= 40, "outbound requests counted: {out}");
+    for r in ["hello-1", "hello-2"] {
+        let text = lab.metrics(r);
+        let n = metric(
+            &text,
+            "netd_http_requests_total",
+            &["direction=\"inbound\"", "service=\"default/hello\""],
+        );
+        assert!(
+            n >= 1,
+            "{r}'s inbound sidecar counted {n} requests:\n{text}"
+        );
+    }
+
+    // Opaque TCP to a plain address passes through both sidecars, bytes intact.
+    let echo = SocketAddr::new(lab.ctr("hello-1").ip.into(), ECHO_PORT);
+    let reply = lab.ctr("client").run(|| -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&echo, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"ping from an unmodified client\n")?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    });
+    assert_eq!(
+        reply.expect("echo through the mesh"),
+        "ping from an unmodified client\n"
+    );
+    let tcp = metric(
+        &lab.metrics("client"),
+        "netd_tcp_connections_opened_total",
+        &["direction=\"outbound\"", "protocol=\"tcp\""],
+    );
+    assert!(tcp >= 1, "the client's sidecar saw no TCP connection");
+}
+
+#[test]
+fn endpoint_removed_under_load_fails_no_request() {
+    let lab = Lab::new();
+    let vip = hello_vip(&lab);
+    assert!(
+        wait_until(WAIT, || lab.ctr("client").run(|| requests(vip, 20)).0.len()
+            == 2),
+        "both replicas never answered"
+    );
+    // Bounded load on two keep-alive connections while hello-2's endpoint goes.
+    let running = Arc::new(AtomicBool::new(true));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let running = running.clone();
+            let path = lab.ctr("client").ns.path().to_path_buf();
+            std::thread::spawn(move || {
+                let ns = netd_cni::netns::NetNs::open(&path).expect("client namespace");
+                ns.run(|| {
+                    let mut total = (BTreeMap::new(), 0usize);
+                    for _ in 0..200 {
+                        let (names, failed) = requests(vip, 10);
+                        for (k, v) in names {
+                            *total.0.entry(k).or_insert(0) += v;
+                        }
+                        total.1 += failed;
+                        if !running.load(Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                    total
+                })
+                .expect("enter client namespace")
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let hello2 = lab.ctr("hello-2").ip;
+    let eps = lab
+        .rt
+        .block_on(lab.api.endpoints("default", "hello"))
+        .expect("endpoints");
+    let ep = eps
+        .iter()
+        .find(|e| e.address == IpAddr::V4(hello2))
+        .expect("hello-2's endpoint");
+    lab.rt
+        .block_on(lab.api.delete_endpoint("default", "hello", &ep.id))
+        .expect("remove hello-2's endpoint");
+    // Once the removal reached the client's sidecar, only hello-1 answers.
+    let only_one = wait_until(WAIT, || {
+        let (names, failed) = lab.ctr("client").run(|| requests(vip, 20));
+        failed == 0 && names.keys().eq(["hello-1"].iter())
+    });
+    running.store(false, Ordering::Relaxed);
+    let mut failed = 0;
+    let mut served = BTreeMap::new();
+    for t in load {
+        let (names, f) = t.join().expect("load thread");
+        failed += f;
+        for (k, v) in names {
+            *served.entry(k).or_insert(0) += v;
+        }
+    }
+    assert!(only_one, "hello-2 kept getting requests after its removal");
+    assert_eq!(
+        failed, 0,
+        "requests failed during the scale-down (served: {served:?})"
+    );
+    assert!(served.values().sum::<usize>() > 0, "no load ran");
+}
+
+#[test]
+fn sidecar_restart_and_netd_down_keep_the_mesh_serving() {
+    let mut lab = Lab::new();
+    let vip = hello_vip(&lab);
+    assert!(
+        wait_until(WAIT, || lab.ctr("client").run(|| requests(vip, 20)).0.len()
+            == 2),
+        "both replicas never answered"
+    );
+
+    // A sidecar killed: the supervisor starts a new one and requests work again.
+    let old = lab.sidecar_pid("client").expect("client's sidecar runs");
+    // SAFETY: kill(2) on the sidecar netd started for this test's client container.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    let restarted = wait_until(WAIT, || lab.sidecar_pid("client").is_some_and(|p| p != old));
+    assert!(
+        restarted,
+        "the client's sidecar was not restarted:\n{}",
+        lab.log()
+    );
+    lab.wait_ready(lab.ctr("client"));
+    let statuses = lab.rt.block_on(lab.api.sidecars()).expect("sidecars");
+    let st = statuses
+        .iter()
+        .find(|s| s.container_id == lab.ctr("client").id)
+        .expect("client's sidecar status");
+    assert!(st.restarts >= 1 && st.intercepting, "{st:?}");
+    assert!(
+        wait_until(WAIT, || lab.ctr("client").run(|| requests(vip, 20)).0.len()
+            == 2),
+        "requests do not work after the sidecar restart"
+    );
+
+    // netd killed: every sidecar keeps serving from its last snapshot, DNS included.
+    let pids: Vec<u32> = ["client", "hello-1", "hello-2"]
+        .iter()
+        .map(|n| lab.sidecar_pid(n).expect("sidecar runs"))
+        .collect();
+    if let Some(mut d) = lab.daemon.take() {
+        d.kill().expect("kill netd");
+        d.wait().expect("reap netd");
+    }
+    assert!(
+        lab.rt.block_on(lab.api.status()).is_err(),
+        "netd still answers"
+    );
+    for pid in &pids {
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "sidecar {pid} died with netd"
+        );
+    }
+    let (names, failed) = lab.ctr("client").run(|| requests(vip, 40));
+    assert_eq!(failed, 0, "requests failed with netd down");
+    assert_eq!(names.len(), 2, "not balanced with netd down: {names:?}");
+    assert_eq!(
+        lab.ctr("client").run(|| resolve(GATEWAY, "hello")),
+        match vip.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        },
+        "DNS stopped answering with netd down"
+    );
+}
