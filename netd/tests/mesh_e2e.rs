@@ -18,7 +18,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +36,8 @@ use serde_json::{json, Value};
 
 /// Longest wait for anything the mesh does on its own (sidecars up, snapshots propagated).
 const WAIT: Duration = Duration::from_secs(30);
-const SUBNET: &str = "10.91.0.0/24";
+/// Dual stack: the IPv6 half exercises the sidecars' IPv6 listeners.
+const SUBNETS: [&str; 2] = ["10.91.0.0/24", "fd00:91::/64"];
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 91, 0, 1);
 const ADMIN: &str = "127.0.0.1:15000";
 /// A plain TCP echo port in `hello-1` that is no service port.
@@ -71,6 +72,7 @@ struct Ctr {
     name: String,
     id: String,
     ip: Ipv4Addr,
+    ip6: Ipv6Addr,
     ns: NamedNetNs,
 }
 
@@ -136,7 +138,7 @@ impl Lab {
             .rt
             .block_on(lab.api.create_network(&NetworkSpec {
                 name: "m".into(),
-                subnets: vec![SUBNET.into()],
+                subnets: SUBNETS.iter().map(ToString::to_string).collect(),
                 mesh: true,
                 isolate: false,
                 bridge: None,
@@ -193,17 +195,33 @@ impl Lab {
             args.push_str(&format!(";NETD_SERVICE={s}"));
         }
         let result = self.cni_call("ADD", &id, &ns, &args);
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
+        let addrs: Vec<IpAddr> = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+            .collect();
+        let ip = addrs
+            .iter()
+            .find_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
             .unwrap_or_else(|| panic!("no IPv4 address in {result}"));
+        let ip6 = addrs
+            .iter()
+            .find_map(|a| match a {
+                IpAddr::V6(v6) => Some(*v6),
+                IpAddr::V4(_) => None,
+            })
+            .unwrap_or_else(|| panic!("no IPv6 address in {result}"));
         // Loopback is where the sidecar listens and the application is reached.
         lo_up(&ns);
         self.ctrs.push(Ctr {
             name: name.into(),
             id,
             ip,
+            ip6,
             ns,
         });
     }
@@ -311,11 +329,11 @@ fn admin_get(path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// An HTTP/1.1 keep-alive server on `0.0.0.0:port` in `c`, answering every request with
+/// An HTTP/1.1 keep-alive server on `[::]:port` (both families) in `c`, answering every request with
 /// `name`; it stops accepting once `stop` is set.
 fn http_server(c: &Ctr, port: u16, name: &str, stop: Arc<AtomicBool>) {
     let listener = c
-        .run(|| TcpListener::bind(("0.0.0.0", port)))
+        .run(|| TcpListener::bind(("::", port)))
         .expect("bind HTTP server");
     let name = name.to_string();
     std::thread::spawn(move || {
@@ -359,10 +377,10 @@ fn serve_http(conn: TcpStream, name: &str) {
     }
 }
 
-/// A TCP echo server (not HTTP) on `0.0.0.0:port` in `c`.
+/// A TCP echo server (not HTTP) on `[::]:port` (both families) in `c`.
 fn echo_server(c: &Ctr, port: u16, stop: Arc<AtomicBool>) {
     let listener = c
-        .run(|| TcpListener::bind(("0.0.0.0", port)))
+        .run(|| TcpListener::bind(("::", port)))
         .expect("bind echo server");
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
@@ -541,27 +559,41 @@ fn unmodified_client_is_balanced_per_request_through_both_sidecars() {
         );
     }
 
-    // Opaque TCP to a plain address passes through both sidecars, bytes intact.
-    let echo = SocketAddr::new(lab.ctr("hello-1").ip.into(), ECHO_PORT);
-    let reply = lab.ctr("client").run(|| -> std::io::Result<String> {
-        let mut s = TcpStream::connect_timeout(&echo, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(b"ping from an unmodified client\n")?;
-        s.shutdown(std::net::Shutdown::Write)?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        Ok(text)
-    });
-    assert_eq!(
-        reply.expect("echo through the mesh"),
-        "ping from an unmodified client\n"
-    );
+    // Opaque TCP to a plain address passes through both sidecars, bytes intact, over IPv4
+    // and over IPv6 (redirected to the outbound listener's [::1] companion, then to the
+    // dual-stack inbound listener).
+    let hello1 = lab.ctr("hello-1");
+    for ip in [IpAddr::V4(hello1.ip), IpAddr::V6(hello1.ip6)] {
+        let echo = SocketAddr::new(ip, ECHO_PORT);
+        let reply = lab.ctr("client").run(|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&echo, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"ping from an unmodified client\n")?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        });
+        assert_eq!(
+            reply.unwrap_or_else(|e| panic!("echo through the mesh to {echo}: {e}")),
+            "ping from an unmodified client\n"
+        );
+    }
     let tcp = metric(
         &lab.metrics("client"),
         "netd_tcp_connections_opened_total",
         &["direction=\"outbound\"", "protocol=\"tcp\""],
     );
-    assert!(tcp >= 1, "the client's sidecar saw no TCP connection");
+    assert!(tcp >= 2, "the client's sidecar saw {tcp} TCP connections");
+    let inbound = metric(
+        &lab.metrics("hello-1"),
+        "netd_tcp_connections_opened_total",
+        &["direction=\"inbound\"", "protocol=\"tcp\""],
+    );
+    assert!(
+        inbound >= 2,
+        "hello-1's sidecar saw {inbound} TCP connections"
+    );
 }
 
 #[test]
@@ -600,18 +632,25 @@ fn endpoint_removed_under_load_fails_no_request() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let hello2 = lab.ctr("hello-2").ip;
+    let hello2 = lab.ctr("hello-2");
     let eps = lab
         .rt
         .block_on(lab.api.endpoints("default", "hello"))
         .expect("endpoints");
-    let ep = eps
+    let gone: Vec<_> = eps
         .iter()
-        .find(|e| e.address == IpAddr::V4(hello2))
-        .expect("hello-2's endpoint");
-    lab.rt
-        .block_on(lab.api.delete_endpoint("default", "hello", &ep.id))
-        .expect("remove hello-2's endpoint");
+        .filter(|e| e.address == IpAddr::V4(hello2.ip) || e.address == IpAddr::V6(hello2.ip6))
+        .collect();
+    assert_eq!(
+        gone.len(),
+        2,
+        "hello-2's endpoints (IPv4 and IPv6): {eps:?}"
+    );
+    for ep in gone {
+        lab.rt
+            .block_on(lab.api.delete_endpoint("default", "hello", &ep.id))
+            .expect("remove hello-2's endpoint");
+    }
     // Once the removal reached the client's sidecar, only hello-1 answers.
     let only_one = wait_until(WAIT, || {
         let (names, failed) = lab.ctr("client").run(|| requests(vip, 20));
