@@ -6,8 +6,10 @@
 //! inside its namespace, with nf_tables interception in there.
 //!
 //! The client is unmodified: a plain std `TcpStream` speaking HTTP/1.1 keep-alive to the VIP
-//! it resolved with a plain UDP DNS query to the gateway's port 53 (netd's own DNS is off:
-//! only the client's sidecar, to which interception sends port 53, can answer).
+//! it resolved with a plain UDP DNS query to the gateway's port 53, which interception sends
+//! to the client's sidecar (it answers the mesh's names itself, also with netd down, and
+//! forwards the others to netd's DNS on the gateway, whose upstream is a stand-in on the
+//! host namespace's loopback).
 //!
 //! Every namespace is deleted and every process in it killed (by pid) when the lab drops,
 //! also on failure; names carry the test process id and a counter, so tests run in parallel.
@@ -30,15 +32,17 @@ use netd::client::Client;
 use netd::mesh::status::SidecarState;
 use netd_cni::netns::NamedNetNs;
 use netd_config::netd::{NetworkSpec, Protocol, ServicePort, ServiceSpec};
-use netd_dns::proto::op::{Message, Query};
-use netd_dns::proto::rr::{Name, RData, RecordType};
+use netd_dns::proto::op::{Message, MessageType, Query};
+use netd_dns::proto::rr::rdata::A;
+use netd_dns::proto::rr::{Name, RData, Record, RecordType};
 use serde_json::{json, Value};
 
 /// Longest wait for anything the mesh does on its own (sidecars up, snapshots propagated).
 const WAIT: Duration = Duration::from_secs(30);
 /// Dual stack: the IPv6 half exercises the sidecars' IPv6 listeners.
 const SUBNETS: [&str; 2] = ["10.91.0.0/24", "fd00:91::/64"];
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 91, 0, 1);
+/// The network's gateway, where containers send DNS (port 53).
+const DNS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 91, 0, 1)), 53);
 const ADMIN: &str = "127.0.0.1:15000";
 /// A plain TCP echo port in `hello-1` that is no service port.
 const ECHO_PORT: u16 = 7000;
@@ -92,6 +96,8 @@ struct Lab {
     cni: PathBuf,
     ctrs: Vec<Ctr>,
     stop_servers: Arc<AtomicBool>,
+    /// The stand-in upstream DNS server, in the host namespace.
+    upstream: SocketAddr,
     host: NamedNetNs,
     // Last: removed after the processes are gone.
     dir: TempDir,
@@ -106,11 +112,14 @@ impl Lab {
         let host = NamedNetNs::create(&format!("netd-me-h-{tag}")).expect("host namespace");
         lo_up(&host);
         let socket = dir.0.join("netd.sock");
+        let stop_servers = Arc::new(AtomicBool::new(false));
+        let upstream = fake_upstream(&host, stop_servers.clone());
         let log = std::fs::File::create(dir.0.join("netd.log")).expect("log");
         let mut cmd = Command::new(BIN);
         host.ns().enter_on_exec(&mut cmd);
         let mut cmd = netd_up(cmd, &dir.0);
-        cmd.args(["--node", "test-node", "--no-network-dns"])
+        cmd.args(["--node", "test-node", "--dns-upstream"])
+            .arg(upstream.to_string())
             .arg("--sidecar-bin")
             .arg(&sidecar)
             .args(["--sidecar-drain-timeout", "1"])
@@ -124,7 +133,8 @@ impl Lab {
             conf: Value::Null,
             cni,
             ctrs: Vec::new(),
-            stop_servers: Arc::default(),
+            stop_servers,
+            upstream,
             host,
             dir,
         };
@@ -467,18 +477,52 @@ fn requests(addr: SocketAddr, n: usize) -> (BTreeMap<String, usize>, usize) {
     (names, failed)
 }
 
-/// The A record of `name` from a plain UDP query to `server:53`, as a stub resolver with
-/// netd's search domain sends it.
-fn resolve(server: Ipv4Addr, name: &str) -> Option<Ipv4Addr> {
+/// What [`fake_upstream`] answers for every name.
+const UPSTREAM_ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+
+/// A stand-in for the Internet's DNS, in the host namespace on loopback: answers every
+/// query with one A record, [`UPSTREAM_ANSWER`].
+fn fake_upstream(host: &NamedNetNs, stop: Arc<AtomicBool>) -> SocketAddr {
+    let sock = host
+        .ns()
+        .run(|| UdpSocket::bind("127.0.0.1:0"))
+        .expect("enter host namespace")
+        .expect("bind fake upstream");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let addr = sock.local_addr().expect("address");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(mut m) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            m.metadata.message_type = MessageType::Response;
+            let Some(name) = m.queries.first().map(|q| q.name().clone()) else {
+                continue;
+            };
+            m.answers
+                .push(Record::from_rdata(name, 60, RData::A(A(UPSTREAM_ANSWER))));
+            if let Ok(bytes) = m.to_vec() {
+                let _ = sock.send_to(&bytes, peer);
+            }
+        }
+    });
+    addr
+}
+
+/// The A record of `name` (fully qualified) from a plain UDP query to `server:53`, as a stub
+/// resolver sends it.
+fn resolve(server: SocketAddr, name: &str) -> Option<Ipv4Addr> {
     let sock = UdpSocket::bind("0.0.0.0:0").ok()?;
     sock.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     let mut q = Message::query();
     q.metadata.recursion_desired = true;
-    q.add_query(Query::query(
-        Name::from_ascii(format!("{name}.netd.local.")).ok()?,
-        RecordType::A,
-    ));
-    sock.send_to(&q.to_vec().ok()?, (server, 53)).ok()?;
+    q.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
+    sock.send_to(&q.to_vec().ok()?, server).ok()?;
     let mut buf = [0u8; 1500];
     let n = sock.recv(&mut buf).ok()?;
     let r = Message::from_vec(&buf[..n]).ok()?;
@@ -501,7 +545,7 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> u64 {
 fn hello_vip(lab: &Lab) -> SocketAddr {
     let mut vip = None;
     let found = wait_until(WAIT, || {
-        vip = lab.ctr("client").run(|| resolve(GATEWAY, "hello"));
+        vip = lab.ctr("client").run(|| resolve(DNS, "hello.netd.local."));
         vip.is_some()
     });
     assert!(found, "client cannot resolve hello:\n{}", lab.log());
@@ -519,6 +563,19 @@ fn unmodified_client_is_balanced_per_request_through_both_sidecars() {
         .expect("service")
         .expect("hello exists");
     assert_eq!(vip.ip(), svc.vip, "DNS answered the service VIP");
+    // Other names: the sidecar forwards them to netd's DNS on the gateway (from a marked
+    // socket, else interception would send the query back to the sidecar), which forwards
+    // them to the host's upstream.
+    assert_eq!(
+        lab.ctr("client").run(|| resolve(DNS, "www.example.org.")),
+        Some(UPSTREAM_ANSWER),
+        "a name outside the mesh was not forwarded upstream (netd's DNS answers {:?}):\n{}",
+        lab.host.ns().run(|| (
+            resolve(DNS, "www.example.org."),
+            resolve(lab.upstream, "www.example.org.")
+        )),
+        lab.log()
+    );
 
     // Endpoints reach the client's sidecar through netd's watch: retry until both answer.
     let mut seen = BTreeMap::new();
@@ -730,7 +787,7 @@ fn sidecar_restart_and_netd_down_keep_the_mesh_serving() {
     assert_eq!(failed, 0, "requests failed with netd down");
     assert_eq!(names.len(), 2, "not balanced with netd down: {names:?}");
     assert_eq!(
-        lab.ctr("client").run(|| resolve(GATEWAY, "hello")),
+        lab.ctr("client").run(|| resolve(DNS, "hello.netd.local.")),
         match vip.ip() {
             IpAddr::V4(v4) => Some(v4),
             IpAddr::V6(_) => None,

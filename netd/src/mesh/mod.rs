@@ -69,6 +69,10 @@ pub struct MeshOptions {
     /// Interception settings for every sidecar (ports, mark, exclusions); each attachment's
     /// addresses are filled in per sidecar.
     pub intercept: netd_cni::nat::intercept::InterceptSpec,
+    /// netd answers DNS on each network's gateway: sidecars forward the names they do not
+    /// own there (`--upstream-dns <gateway>:53`), since interception sends the container's
+    /// port-53 traffic to its sidecar. Without it sidecars answer only the mesh's names.
+    pub network_dns: bool,
 }
 
 impl MeshOptions {
@@ -140,6 +144,11 @@ pub fn targets(snap: &Snapshot) -> BTreeMap<String, Target> {
                 network: a.network.clone(),
                 netns: a.netns.clone(),
                 ips: a.ips.clone(),
+                gateways: snap
+                    .networks
+                    .get(&a.network)
+                    .map(|n| n.subnets.iter().map(crate::dns::gateway_address).collect())
+                    .unwrap_or_default(),
             };
             (a.key(), t)
         })

@@ -25,7 +25,7 @@ pub mod netd;
 
 /// The registry state the sidecar works from, as plain data (the `--snapshot` file format and
 /// what `/config` shows).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotData {
     /// Registry revision this state is at (0 for files).
@@ -50,6 +50,21 @@ pub struct SnapshotData {
 
 fn default_domain() -> String {
     DEFAULT_DOMAIN.to_string()
+}
+
+/// Empty, in the default domain (the state before the first snapshot: DNS serves the zone
+/// with no names rather than a broken one).
+impl Default for SnapshotData {
+    fn default() -> Self {
+        Self {
+            revision: 0,
+            domain: default_domain(),
+            services: Vec::new(),
+            endpoints: Vec::new(),
+            attachments: Vec::new(),
+            balancers: BTreeMap::new(),
+        }
+    }
 }
 
 /// One port of a service, as seen from `VIP:port`.
@@ -347,6 +362,11 @@ mod tests {
         let svc = |a: &str| s.endpoint_service(a.parse().unwrap());
         assert_eq!(svc("127.0.0.3:8080").as_deref(), Some("default/web"));
         assert_eq!(svc("127.0.0.3:8081"), None);
+    }
+
+    #[test]
+    fn empty_data_is_in_the_default_domain() {
+        assert_eq!(SnapshotData::default().domain, DEFAULT_DOMAIN);
     }
 
     #[test]
