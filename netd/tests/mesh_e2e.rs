@@ -211,20 +211,13 @@ impl Lab {
             .flatten()
             .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
             .collect();
-        let ip = addrs
-            .iter()
-            .find_map(|a| match a {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            })
-            .unwrap_or_else(|| panic!("no IPv4 address in {result}"));
-        let ip6 = addrs
-            .iter()
-            .find_map(|a| match a {
-                IpAddr::V6(v6) => Some(*v6),
-                IpAddr::V4(_) => None,
-            })
-            .unwrap_or_else(|| panic!("no IPv6 address in {result}"));
+        let (ip, ip6) = match (
+            addrs.iter().find(|a| a.is_ipv4()),
+            addrs.iter().find(|a| a.is_ipv6()),
+        ) {
+            (Some(IpAddr::V4(v4)), Some(IpAddr::V6(v6))) => (*v4, *v6),
+            _ => panic!("no IPv4 and IPv6 address in {result}"),
+        };
         // Loopback is where the sidecar listens and the application is reached.
         lo_up(&ns);
         self.ctrs.push(Ctr {

@@ -29,16 +29,19 @@ pub struct Args {
     /// Static snapshot (JSON) instead of netd; reloaded on SIGHUP.
     #[arg(long)]
     pub snapshot: Option<PathBuf>,
-    /// Transparent outbound listener.
+    /// Transparent outbound listener; 127.0.0.1:PORT also listens on [::1]:PORT when the
+    /// namespace has IPv6.
     #[arg(long, default_value = "127.0.0.1:15001")]
     pub outbound: SocketAddr,
-    /// Transparent inbound listener (original port → application on 127.0.0.1:port).
+    /// Transparent inbound listener (original port → application on 127.0.0.1:port, [::1]
+    /// for IPv6); 0.0.0.0:PORT is bound dual-stack as [::]:PORT when the namespace has IPv6.
     #[arg(long, default_value = "0.0.0.0:15006")]
     pub inbound: SocketAddr,
     /// Admin listener: /metrics /ready /live /config.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
-    /// Discovery DNS listener (UDP and TCP); off when not given.
+    /// Discovery DNS listener (UDP and TCP), plus [::1]:PORT for 127.0.0.1:PORT when the
+    /// namespace has IPv6; off when not given.
     #[arg(long)]
     pub dns: Option<SocketAddr>,
     /// Upstream DNS servers for other names (ADDR:PORT; repeat or separate by spaces).
