@@ -19,7 +19,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use common::{netd_up, pids_in_netns, unique, wait_until, TempDir, BIN};
 use netd::client::Client;
+use netd::mesh::probe::{self, metric, Tally};
 use netd::mesh::status::SidecarState;
 use netd_cni::netns::NamedNetNs;
 use netd_config::netd::{NetworkSpec, Protocol, ServicePort, ServiceSpec};
@@ -43,7 +44,8 @@ const WAIT: Duration = Duration::from_secs(30);
 const SUBNETS: [&str; 2] = ["10.91.0.0/24", "fd00:91::/64"];
 /// The network's gateway, where containers send DNS (port 53).
 const DNS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 91, 0, 1)), 53);
-const ADMIN: &str = "127.0.0.1:15000";
+/// The sidecar's admin listener, inside each container.
+const ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
 /// A plain TCP echo port in `hello-1` that is no service port.
 const ECHO_PORT: u16 = 7000;
 
@@ -273,7 +275,7 @@ impl Lab {
     /// Waits until the container's sidecar answers `/ready` with 200.
     fn wait_ready(&self, c: &Ctr) {
         let ok = wait_until(WAIT, || {
-            c.run(|| admin_get("/ready"))
+            c.run(|| probe::admin_get(ADMIN, "/ready"))
                 .is_some_and(|(status, _)| status == 200)
         });
         assert!(ok, "sidecar of {} never got ready:\n{}", c.name, self.log());
@@ -291,7 +293,7 @@ impl Lab {
     /// The sidecar's `/metrics`, from inside container `name`.
     fn metrics(&self, name: &str) -> String {
         self.ctr(name)
-            .run(|| admin_get("/metrics"))
+            .run(|| probe::admin_get(ADMIN, "/metrics"))
             .map(|(_, body)| body)
             .unwrap_or_default()
     }
@@ -314,70 +316,13 @@ impl Drop for Lab {
     }
 }
 
-/// `GET path` on the sidecar's admin listener (call from inside the container's namespace):
-/// status and body, `None` when it does not answer.
-fn admin_get(path: &str) -> Option<(u16, String)> {
-    let addr: SocketAddr = ADMIN.parse().ok()?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
-}
-
 /// An HTTP/1.1 keep-alive server on `[::]:port` (both families) in `c`, answering every request with
 /// `name`; it stops accepting once `stop` is set.
 fn http_server(c: &Ctr, port: u16, name: &str, stop: Arc<AtomicBool>) {
     let listener = c
         .run(|| TcpListener::bind(("::", port)))
         .expect("bind HTTP server");
-    let name = name.to_string();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let name = name.clone();
-            std::thread::spawn(move || serve_http(conn, &name));
-        }
-    });
-}
-
-fn serve_http(conn: TcpStream, name: &str) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut out) = conn.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(conn);
-    loop {
-        // Request head: lines up to the empty one (GETs only, no body).
-        let mut any = false;
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) if line == "\r\n" || line == "\n" => break,
-                Ok(_) => any = true,
-            }
-        }
-        if !any {
-            continue;
-        }
-        let reply = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{name}",
-            name.len()
-        );
-        if out.write_all(reply.as_bytes()).is_err() {
-            return;
-        }
-    }
+    probe::serve(listener, name.to_string(), stop);
 }
 
 /// A TCP echo server (not HTTP) on `[::]:port` (both families) in `c`.
@@ -398,76 +343,6 @@ fn echo_server(c: &Ctr, port: u16, stop: Arc<AtomicBool>) {
             });
         }
     });
-}
-
-/// An unmodified HTTP/1.1 client on one keep-alive connection.
-struct HttpClient {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl HttpClient {
-    fn connect(addr: SocketAddr) -> std::io::Result<HttpClient> {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(HttpClient {
-            writer: s.try_clone()?,
-            reader: BufReader::new(s),
-        })
-    }
-
-    /// `GET /` with `Host: host`: the status and the body.
-    fn get(&mut self, host: &str) -> std::io::Result<(u16, String)> {
-        write!(self.writer, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
-        let bad = |what: &str| std::io::Error::other(what.to_string());
-        let mut line = String::new();
-        self.reader.read_line(&mut line)?;
-        let status: u16 = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad(&format!("bad status line {line:?}")))?;
-        let mut length = 0usize;
-        loop {
-            let mut h = String::new();
-            if self.reader.read_line(&mut h)? == 0 {
-                return Err(bad("connection closed in the response head"));
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().map_err(|_| bad("bad content-length"))?;
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body)?;
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    }
-}
-
-/// `n` requests over one keep-alive connection to `addr`: answers by body, and failures
-/// (a failed request ends the connection; the next one opens a new connection).
-fn requests(addr: SocketAddr, n: usize) -> (BTreeMap<String, usize>, usize) {
-    let mut names = BTreeMap::new();
-    let mut failed = 0;
-    let mut conn = None;
-    for _ in 0..n {
-        if conn.is_none() {
-            conn = HttpClient::connect(addr).ok();
-        }
-        match conn.as_mut().map(|c| c.get("hello")) {
-            Some(Ok((200, body))) => *names.entry(body).or_insert(0) += 1,
-            _ => {
-                failed += 1;
-                conn = None;
-            }
-        }
-    }
-    (names, failed)
 }
 
 /// What [`fake_upstream`] answers for every name.
@@ -525,13 +400,10 @@ fn resolve(server: SocketAddr, name: &str) -> Option<Ipv4Addr> {
     })
 }
 
-/// The sum of a metric's samples whose labels contain every one of `labels`.
-fn metric(text: &str, name: &str, labels: &[&str]) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+/// `n` requests for `http://hello/` over one keep-alive connection to `vip` (from inside
+/// the calling thread's namespace).
+fn requests(vip: SocketAddr, n: usize) -> Tally {
+    probe::requests(vip, "hello", n)
 }
 
 /// The VIP of `hello` as the client resolves it through its namespace's DNS path.
@@ -573,9 +445,12 @@ fn unmodified_client_is_balanced_per_request_through_both_sidecars() {
     // Endpoints reach the client's sidecar through netd's watch: retry until both answer.
     let mut seen = BTreeMap::new();
     let both = wait_until(WAIT, || {
-        let (names, failed) = lab.ctr("client").run(|| requests(vip, 40));
-        assert_eq!(failed, 0, "failed requests over one keep-alive connection");
-        seen = names;
+        let t = lab.ctr("client").run(|| requests(vip, 40));
+        assert_eq!(
+            t.failed, 0,
+            "failed requests over one keep-alive connection"
+        );
+        seen = t.answers;
         seen.len() == 2
     });
     assert!(
@@ -651,7 +526,11 @@ fn endpoint_removed_under_load_fails_no_request() {
     let lab = Lab::new();
     let vip = hello_vip(&lab);
     assert!(
-        wait_until(WAIT, || lab.ctr("client").run(|| requests(vip, 20)).0.len()
+        wait_until(WAIT, || lab
+            .ctr("client")
+            .run(|| requests(vip, 20))
+            .answers
+            .len()
             == 2),
         "both replicas never answered"
     );
@@ -664,13 +543,9 @@ fn endpoint_removed_under_load_fails_no_request() {
             std::thread::spawn(move || {
                 let ns = netd_cni::netns::NetNs::open(&path).expect("client namespace");
                 ns.run(|| {
-                    let mut total = (BTreeMap::new(), 0usize);
+                    let mut total = Tally::default();
                     for _ in 0..200 {
-                        let (names, failed) = requests(vip, 10);
-                        for (k, v) in names {
-                            *total.0.entry(k).or_insert(0) += v;
-                        }
-                        total.1 += failed;
+                        total.add(requests(vip, 10));
                         if !running.load(Ordering::Relaxed) {
                             break;
                         }
@@ -703,25 +578,20 @@ fn endpoint_removed_under_load_fails_no_request() {
     }
     // Once the removal reached the client's sidecar, only hello-1 answers.
     let only_one = wait_until(WAIT, || {
-        let (names, failed) = lab.ctr("client").run(|| requests(vip, 20));
-        failed == 0 && names.keys().eq(["hello-1"].iter())
+        let t = lab.ctr("client").run(|| requests(vip, 20));
+        t.failed == 0 && t.answers.keys().eq(["hello-1"].iter())
     });
     running.store(false, Ordering::Relaxed);
-    let mut failed = 0;
-    let mut served = BTreeMap::new();
+    let mut served = Tally::default();
     for t in load {
-        let (names, f) = t.join().expect("load thread");
-        failed += f;
-        for (k, v) in names {
-            *served.entry(k).or_insert(0) += v;
-        }
+        served.add(t.join().expect("load thread"));
     }
     assert!(only_one, "hello-2 kept getting requests after its removal");
     assert_eq!(
-        failed, 0,
+        served.failed, 0,
         "requests failed during the scale-down (served: {served:?})"
     );
-    assert!(served.values().sum::<usize>() > 0, "no load ran");
+    assert!(served.ok() > 0, "no load ran");
 }
 
 #[test]
@@ -729,7 +599,11 @@ fn sidecar_restart_and_netd_down_keep_the_mesh_serving() {
     let mut lab = Lab::new();
     let vip = hello_vip(&lab);
     assert!(
-        wait_until(WAIT, || lab.ctr("client").run(|| requests(vip, 20)).0.len()
+        wait_until(WAIT, || lab
+            .ctr("client")
+            .run(|| requests(vip, 20))
+            .answers
+            .len()
             == 2),
         "both replicas never answered"
     );
@@ -752,7 +626,11 @@ fn sidecar_restart_and_netd_down_keep_the_mesh_serving() {
         .expect("client's sidecar status");
     assert!(st.restarts >= 1 && st.intercepting, "{st:?}");
     assert!(
-        wait_until(WAIT, || lab.ctr("client").run(|| requests(vip, 20)).0.len()
+        wait_until(WAIT, || lab
+            .ctr("client")
+            .run(|| requests(vip, 20))
+            .answers
+            .len()
             == 2),
         "requests do not work after the sidecar restart"
     );
@@ -776,9 +654,9 @@ fn sidecar_restart_and_netd_down_keep_the_mesh_serving() {
             "sidecar {pid} died with netd"
         );
     }
-    let (names, failed) = lab.ctr("client").run(|| requests(vip, 40));
-    assert_eq!(failed, 0, "requests failed with netd down");
-    assert_eq!(names.len(), 2, "not balanced with netd down: {names:?}");
+    let t = lab.ctr("client").run(|| requests(vip, 40));
+    assert_eq!(t.failed, 0, "requests failed with netd down");
+    assert_eq!(t.answers.len(), 2, "not balanced with netd down: {t:?}");
     assert_eq!(
         lab.ctr("client").run(|| resolve(DNS, "hello.netd.local.")),
         match vip.ip() {

@@ -16,9 +16,12 @@
 //! whose attachment is gone. A netd that stops normally (SIGTERM, ctrl-c) stops every sidecar
 //! and removes every rule first: nothing is left behind.
 //!
+//! [`probe`] drives the mesh like an unmodified application (demo and tests).
+//!
 //! Not here: the sidecar itself (crate `netd-sidecar`), the sidecar's snapshot (it reads the
 //! API), and interception's layout (`netd_cni::nat::intercept`).
 
+pub mod probe;
 pub mod process;
 pub mod status;
 pub mod supervisor;
