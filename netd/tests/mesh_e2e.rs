@@ -544,9 +544,10 @@ fn endpoint_removed_under_load_fails_no_request() {
                 let ns = netd_cni::netns::NetNs::open(&path).expect("client namespace");
                 ns.run(|| {
                     let mut total = Tally::default();
-                    for _ in 0..200 {
+                    // At least 200 requests, and until the removal is seen.
+                    for i in 0..200 {
                         total.add(requests(vip, 10));
-                        if !running.load(Ordering::Relaxed) {
+                        if i >= 20 && !running.load(Ordering::Relaxed) {
                             break;
                         }
                     }
