@@ -201,6 +201,25 @@ mod tests {
     }
 
     #[test]
+    fn netd_supervisor_command_line_is_accepted() {
+        // What netd's supervisor passes (netd/src/mesh/supervisor.rs, `sidecar_args`).
+        let line = "--socket /run/netd/netd.sock --container-id abc --netns /run/netns/x \
+                    --outbound 127.0.0.1:15001 --inbound 0.0.0.0:15006 --admin 127.0.0.1:15000 \
+                    --dns 127.0.0.1:15053 --mark 0x4e44 --drain-timeout 5s \
+                    --upstream-dns 10.89.0.1:53 [fd00:89::1]:53";
+        let a = parse(&line.split_whitespace().collect::<Vec<_>>()).unwrap();
+        let c = a.config();
+        assert!(matches!(c.source, Source::Netd(ref p) if p.ends_with("netd.sock")));
+        assert_eq!(c.connect.mark, Some(0x4e44));
+        assert_eq!(c.dns.map(|d| d.port()), Some(15053));
+        assert_eq!(c.upstream_dns.len(), 2);
+        assert_eq!(
+            a.netns.as_deref(),
+            Some(std::path::Path::new("/run/netns/x"))
+        );
+    }
+
+    #[test]
     fn flags_parse_and_bad_values_are_named() {
         let a = parse(&[
             "--mark",
