@@ -94,7 +94,10 @@ struct Lab {
     rt: tokio::runtime::Runtime,
     api: Client,
     daemon: Option<Child>,
+    /// How many times netd was started (one log file each).
+    starts: usize,
     conf: Value,
+    sidecar: PathBuf,
     cni: PathBuf,
     ctrs: Vec<Ctr>,
     stop_servers: Arc<AtomicBool>,
@@ -116,23 +119,13 @@ impl Lab {
         let socket = dir.0.join("netd.sock");
         let stop_servers = Arc::new(AtomicBool::new(false));
         let upstream = fake_upstream(&host, stop_servers.clone());
-        let log = std::fs::File::create(dir.0.join("netd.log")).expect("log");
-        let mut cmd = Command::new(BIN);
-        host.ns().enter_on_exec(&mut cmd);
-        let mut cmd = netd_up(cmd, &dir.0);
-        cmd.args(["--node", "test-node", "--dns-upstream"])
-            .arg(upstream.to_string())
-            .arg("--sidecar-bin")
-            .arg(&sidecar)
-            .args(["--sidecar-drain-timeout", "1"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
         let mut lab = Lab {
             rt: tokio::runtime::Runtime::new().expect("runtime"),
             api: Client::new(&socket),
-            daemon: Some(cmd.spawn().expect("spawn netd up")),
+            daemon: None,
+            starts: 0,
             conf: Value::Null,
+            sidecar,
             cni,
             ctrs: Vec::new(),
             stop_servers,
@@ -140,12 +133,7 @@ impl Lab {
             host,
             dir,
         };
-        assert!(
-            wait_until(WAIT, || std::os::unix::net::UnixStream::connect(&socket)
-                .is_ok()),
-            "netd did not come up:\n{}",
-            lab.log()
-        );
+        lab.start_netd();
         let net = lab
             .rt
             .block_on(lab.api.create_network(&NetworkSpec {
@@ -196,6 +184,33 @@ impl Lab {
             lab.wait_ready(c);
         }
         lab
+    }
+
+    /// Starts `netd up` in the host namespace (again, after a kill: same directories, so it
+    /// adopts the sidecars left running) and waits until it answers.
+    fn start_netd(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.0.join(format!("netd-{}.log", self.starts)))
+            .expect("log");
+        let mut cmd = Command::new(BIN);
+        self.host.ns().enter_on_exec(&mut cmd);
+        let mut cmd = netd_up(cmd, &self.dir.0);
+        cmd.args(["--node", "test-node", "--dns-upstream"])
+            .arg(self.upstream.to_string())
+            .arg("--sidecar-bin")
+            .arg(&self.sidecar)
+            .args(["--sidecar-drain-timeout", "1"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        self.daemon = Some(cmd.spawn().expect("spawn netd up"));
+        let socket = self.api.socket().to_path_buf();
+        assert!(
+            wait_until(WAIT, || std::os::unix::net::UnixStream::connect(&socket)
+                .is_ok()),
+            "netd did not come up:\n{}",
+            self.log()
+        );
     }
 
     /// Attaches a new container `name` with `netd-cni ADD`, as a runtime would.
@@ -261,8 +276,34 @@ impl Lab {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
+    /// netd's output (and its sidecars'), all starts.
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("netd.log")).unwrap_or_default()
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.0.join(format!("netd-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("--- netd restarted ---\n")
+    }
+
+    /// Removes every endpoint of `hello` on container `name`'s addresses.
+    fn remove_endpoints_of(&self, name: &str) {
+        let c = self.ctr(name);
+        let eps = self
+            .rt
+            .block_on(self.api.endpoints("default", "hello"))
+            .expect("endpoints");
+        let gone: Vec<_> = eps
+            .iter()
+            .filter(|e| e.address == IpAddr::V4(c.ip) || e.address == IpAddr::V6(c.ip6))
+            .collect();
+        assert_eq!(gone.len(), 2, "{name}'s endpoints (IPv4 and IPv6): {eps:?}");
+        for ep in gone {
+            self.rt
+                .block_on(self.api.delete_endpoint("default", "hello", &ep.id))
+                .expect("remove an endpoint");
+        }
     }
 
     fn ctr(&self, name: &str) -> &Ctr {
@@ -558,25 +599,7 @@ fn endpoint_removed_under_load_fails_no_request() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let hello2 = lab.ctr("hello-2");
-    let eps = lab
-        .rt
-        .block_on(lab.api.endpoints("default", "hello"))
-        .expect("endpoints");
-    let gone: Vec<_> = eps
-        .iter()
-        .filter(|e| e.address == IpAddr::V4(hello2.ip) || e.address == IpAddr::V6(hello2.ip6))
-        .collect();
-    assert_eq!(
-        gone.len(),
-        2,
-        "hello-2's endpoints (IPv4 and IPv6): {eps:?}"
-    );
-    for ep in gone {
-        lab.rt
-            .block_on(lab.api.delete_endpoint("default", "hello", &ep.id))
-            .expect("remove hello-2's endpoint");
-    }
+    lab.remove_endpoints_of("hello-2");
     // Once the removal reached the client's sidecar, only hello-1 answers.
     let only_one = wait_until(WAIT, || {
         let t = lab.ctr("client").run(|| requests(vip, 20));
@@ -665,5 +688,33 @@ fn sidecar_restart_and_netd_down_keep_the_mesh_serving() {
             IpAddr::V6(_) => None,
         },
         "DNS stopped answering with netd down"
+    );
+
+    // netd back: it adopts the running sidecars, which follow the registry again.
+    lab.start_netd();
+    let after: Vec<Option<u32>> = ["client", "hello-1", "hello-2"]
+        .iter()
+        .map(|n| {
+            let mut pid = None;
+            wait_until(WAIT, || {
+                pid = lab.sidecar_pid(n);
+                pid.is_some()
+            });
+            pid
+        })
+        .collect();
+    assert_eq!(
+        after,
+        pids.iter().copied().map(Some).collect::<Vec<_>>(),
+        "the restarted netd did not adopt the sidecars:\n{}",
+        lab.log()
+    );
+    lab.remove_endpoints_of("hello-2");
+    assert!(
+        wait_until(WAIT, || {
+            let t = lab.ctr("client").run(|| requests(vip, 20));
+            t.failed == 0 && t.answers.keys().eq(["hello-1"].iter())
+        }),
+        "the sidecars do not follow the restarted netd"
     );
 }
