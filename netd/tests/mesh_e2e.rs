@@ -278,13 +278,7 @@ impl Lab {
 
     /// netd's output (and its sidecars'), all starts.
     fn log(&self) -> String {
-        (1..=self.starts)
-            .map(|i| {
-                std::fs::read_to_string(self.dir.0.join(format!("netd-{i}.log")))
-                    .unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-            .join("--- netd restarted ---\n")
+        common::logs(&self.dir.0, "netd", self.starts)
     }
 
     /// Removes every endpoint of `hello` on container `name`'s addresses.

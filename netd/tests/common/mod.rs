@@ -139,13 +139,7 @@ impl Daemon {
 
     /// The daemon's output so far (all starts).
     pub fn log(&self) -> String {
-        (1..=self.starts)
-            .map(|i| {
-                std::fs::read_to_string(self.dir.0.join(format!("daemon-{i}.log")))
-                    .unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-            .join("--- restart ---\n")
+        logs(&self.dir.0, "daemon", self.starts)
     }
 
     pub fn pid(&self) -> i32 {
@@ -208,6 +202,15 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The logs `<dir>/<stem>-1.log` ... `<stem>-<starts>.log` of a daemon started `starts`
+/// times, one after the other.
+pub fn logs(dir: &Path, stem: &str, starts: usize) -> String {
+    (1..=starts)
+        .map(|i| std::fs::read_to_string(dir.join(format!("{stem}-{i}.log"))).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("--- restart ---\n")
 }
 
 /// Runs the CLI against `socket`.
