@@ -281,6 +281,15 @@ impl Lab {
         common::logs(&self.dir.0, "netd", self.starts)
     }
 
+    /// Waits until 20 requests from the client to `vip` all succeed and are answered by
+    /// exactly the replicas `names` (sorted).
+    fn answered_by(&self, vip: SocketAddr, names: &[&str]) -> bool {
+        wait_until(WAIT, || {
+            let t = self.ctr("client").run(|| requests(vip, 20));
+            t.failed == 0 && t.answers.keys().eq(names.iter())
+        })
+    }
+
     /// Removes every endpoint of `hello` on container `name`'s addresses.
     fn remove_endpoints_of(&self, name: &str) {
         let c = self.ctr(name);
@@ -561,12 +570,7 @@ fn endpoint_removed_under_load_fails_no_request() {
     let lab = Lab::new();
     let vip = hello_vip(&lab);
     assert!(
-        wait_until(WAIT, || lab
-            .ctr("client")
-            .run(|| requests(vip, 20))
-            .answers
-            .len()
-            == 2),
+        lab.answered_by(vip, &["hello-1", "hello-2"]),
         "both replicas never answered"
     );
     // Bounded load on two keep-alive connections while hello-2's endpoint goes.
@@ -595,10 +599,7 @@ fn endpoint_removed_under_load_fails_no_request() {
     std::thread::sleep(Duration::from_millis(300));
     lab.remove_endpoints_of("hello-2");
     // Once the removal reached the client's sidecar, only hello-1 answers.
-    let only_one = wait_until(WAIT, || {
-        let t = lab.ctr("client").run(|| requests(vip, 20));
-        t.failed == 0 && t.answers.keys().eq(["hello-1"].iter())
-    });
+    let only_one = lab.answered_by(vip, &["hello-1"]);
     running.store(false, Ordering::Relaxed);
     let mut served = Tally::default();
     for t in load {
@@ -617,12 +618,7 @@ fn sidecar_restart_and_netd_down_keep_the_mesh_serving() {
     let mut lab = Lab::new();
     let vip = hello_vip(&lab);
     assert!(
-        wait_until(WAIT, || lab
-            .ctr("client")
-            .run(|| requests(vip, 20))
-            .answers
-            .len()
-            == 2),
+        lab.answered_by(vip, &["hello-1", "hello-2"]),
         "both replicas never answered"
     );
 
@@ -644,12 +640,7 @@ fn sidecar_restart_and_netd_down_keep_the_mesh_serving() {
         .expect("client's sidecar status");
     assert!(st.restarts >= 1 && st.intercepting, "{st:?}");
     assert!(
-        wait_until(WAIT, || lab
-            .ctr("client")
-            .run(|| requests(vip, 20))
-            .answers
-            .len()
-            == 2),
+        lab.answered_by(vip, &["hello-1", "hello-2"]),
         "requests do not work after the sidecar restart"
     );
 
@@ -705,10 +696,7 @@ fn sidecar_restart_and_netd_down_keep_the_mesh_serving() {
     );
     lab.remove_endpoints_of("hello-2");
     assert!(
-        wait_until(WAIT, || {
-            let t = lab.ctr("client").run(|| requests(vip, 20));
-            t.failed == 0 && t.answers.keys().eq(["hello-1"].iter())
-        }),
+        lab.answered_by(vip, &["hello-1"]),
         "the sidecars do not follow the restarted netd"
     );
 }
