@@ -46,6 +46,18 @@ impl NetNs {
             .map_err(|_| io::Error::other("thread inside the network namespace panicked"))?
         })
     }
+
+    /// Makes `cmd` start inside this namespace: the child enters it between fork and exec
+    /// (the parent never changes namespace). Keep this handle open until `cmd` is spawned.
+    pub fn enter_on_exec(&self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let fd = self.file.as_raw_fd();
+        // SAFETY: setns(2) is async-signal-safe and only affects the forked child; `fd` stays
+        // open in the parent (and so in the child) until the spawn returns.
+        unsafe {
+            cmd.pre_exec(move || enter(fd));
+        }
+    }
 }
 
 impl AsRawFd for NetNs {

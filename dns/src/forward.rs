@@ -8,7 +8,8 @@
 //!   upstream failed the caller answers SERVFAIL.
 //! - Each upstream query uses a fresh random ID and a fresh ephemeral UDP port (the kernel's
 //!   choice), and an answer counts only if its ID and question match: off-path spoofing has to
-//!   guess both.
+//!   guess both. Upstream sockets carry [`ForwardOptions::mark`] when set (the mesh sidecar's
+//!   forwarder, whose own queries to port 53 must not be intercepted again).
 //! - The cache is a bounded LRU keyed by (lowercased name, type, class). Positive answers live
 //!   for their smallest TTL (capped by [`ForwardOptions::max_ttl`]); NXDOMAIN and NODATA live
 //!   for the SOA minimum (RFC 2308, capped by [`ForwardOptions::negative_ttl_cap`]) and are not
@@ -30,7 +31,7 @@ use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use lru::LruCache;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::{TcpSocket, UdpSocket};
 use tokio::sync::Semaphore;
 
 /// Largest UDP answer read from an upstream; we advertise less (see
@@ -55,6 +56,10 @@ pub struct ForwardOptions {
     /// EDNS UDP payload size advertised upstream. Default 1232 (no fragmentation on common
     /// paths, per DNS Flag Day 2020).
     pub edns_payload: u16,
+    /// `SO_MARK` put on every upstream socket (needs `CAP_NET_ADMIN`), so that a forwarder
+    /// running behind transparent interception (the mesh sidecar) is not redirected back to
+    /// itself. Default `None`: unmarked.
+    pub mark: Option<u32>,
 }
 
 impl Default for ForwardOptions {
@@ -66,6 +71,7 @@ impl Default for ForwardOptions {
             negative_ttl_cap: 60,
             max_in_flight: 1024,
             edns_payload: 1232,
+            mark: None,
         }
     }
 }
@@ -294,19 +300,27 @@ impl Forwarder {
         };
         let deadline = tokio::time::Instant::now() + self.options.timeout;
         let response = match transport {
-            Transport::Tcp => tokio::time::timeout_at(deadline, over_tcp(upstream, framed, query))
-                .await
-                .map_err(within(Transport::Tcp))??,
+            Transport::Tcp => tokio::time::timeout_at(
+                deadline,
+                over_tcp(upstream, framed, query, self.options.mark),
+            )
+            .await
+            .map_err(within(Transport::Tcp))??,
             Transport::Udp => {
                 let payload = framed.get(2..).unwrap_or_default();
-                let response =
-                    tokio::time::timeout_at(deadline, over_udp(upstream, payload, query))
-                        .await
-                        .map_err(within(Transport::Udp))??;
+                let response = tokio::time::timeout_at(
+                    deadline,
+                    over_udp(upstream, payload, query, self.options.mark),
+                )
+                .await
+                .map_err(within(Transport::Udp))??;
                 if response.metadata.truncation {
-                    tokio::time::timeout_at(deadline, over_tcp(upstream, framed, query))
-                        .await
-                        .map_err(within(Transport::Tcp))??
+                    tokio::time::timeout_at(
+                        deadline,
+                        over_tcp(upstream, framed, query, self.options.mark),
+                    )
+                    .await
+                    .map_err(within(Transport::Tcp))??
                 } else {
                     response
                 }
@@ -333,6 +347,7 @@ async fn over_udp(
     upstream: SocketAddr,
     payload: &[u8],
     query: &Message,
+    mark: Option<u32>,
 ) -> Result<Message, ForwardError> {
     let io = |source| ForwardError::Io {
         upstream,
@@ -344,6 +359,9 @@ async fn over_udp(
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let socket = UdpSocket::bind(local).await.map_err(io)?;
+    if let Some(mark) = mark {
+        socket2::SockRef::from(&socket).set_mark(mark).map_err(io)?;
+    }
     // Connected: the kernel drops datagrams from other sources and reports ICMP errors.
     socket.connect(upstream).await.map_err(io)?;
     socket.send(payload).await.map_err(io)?;
@@ -366,13 +384,23 @@ async fn over_tcp(
     upstream: SocketAddr,
     framed: &[u8],
     query: &Message,
+    mark: Option<u32>,
 ) -> Result<Message, ForwardError> {
     let io = |source| ForwardError::Io {
         upstream,
         transport: Transport::Tcp,
         source,
     };
-    let mut stream = TcpStream::connect(upstream).await.map_err(io)?;
+    let socket = match upstream {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(io)?;
+    // Marked before the SYN leaves.
+    if let Some(mark) = mark {
+        socket2::SockRef::from(&socket).set_mark(mark).map_err(io)?;
+    }
+    let mut stream = socket.connect(upstream).await.map_err(io)?;
     stream.set_nodelay(true).map_err(io)?;
     stream.write_all(framed).await.map_err(io)?;
     let len = stream.read_u16().await.map_err(io)?;

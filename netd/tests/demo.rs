@@ -1,6 +1,8 @@
 //! The README's walkthrough, `netd-demo`, run for real: netd in a throwaway namespace, two
 //! containers attached with the conflist netd wrote, a container and a host process exposed,
-//! reached by name (netd's DNS on the gateway), by VIP and through a host port. The demo
+//! reached by name (netd's DNS on the gateway), by VIP and through a host port; then the mesh
+//! (three containers with their sidecars, per-request balancing, a replica removed under
+//! load without errors, metrics). The demo
 //! checks every step itself and exits non-zero on any failure; this test also checks that it
 //! leaves no namespace behind.
 
@@ -19,6 +21,10 @@ fn demo_runs_end_to_end_and_cleans_up() {
         "client -> web:80 (VIP -> web-1)",
         "client -> hostapp:7070 (VIP -> host process)",
         "host localhost:8080 (host port -> web-1)",
+        "client resolves hello (its sidecar's DNS)",
+        "client -> http://hello/ x40, one connection",
+        "hello-2 removed under load",
+        "client's sidecar counted requests to hello",
         "netd demo: all good",
     ] {
         assert!(stdout.contains(line), "missing {line:?}:\n{stdout}");
@@ -32,7 +38,9 @@ fn demo_runs_end_to_end_and_cleans_up() {
     let pid = out_pid(&stdout);
     let left = String::from_utf8_lossy(&netns.stdout);
     assert!(
-        !left.contains(&format!("netd-demo-host-{pid}")),
+        !left
+            .lines()
+            .any(|l| l.starts_with("netd-demo-") && l.contains(&format!("-{pid}"))),
         "left behind: {left}"
     );
 }

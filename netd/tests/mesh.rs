@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,21 +75,7 @@ impl Ctr {
 
     /// Pids of the processes whose network namespace is this one.
     fn procs(&self) -> Vec<u32> {
-        let Ok(ns) = std::fs::metadata(self.path()) else {
-            return Vec::new();
-        };
-        let mut pids = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) {
-                if (m.dev(), m.ino()) == (ns.dev(), ns.ino()) {
-                    pids.push(pid);
-                }
-            }
-        }
-        pids
+        common::pids_in_netns(std::path::Path::new(&self.path()))
     }
 
     /// Whether `table inet netd-mesh` exists in here.

@@ -16,6 +16,7 @@ use crate::admin::{self, AdminState};
 use crate::balance::{Directory, DirectoryOptions};
 use crate::drain::{self, DrainSignal};
 use crate::http::{HttpLimits, HttpShared};
+use crate::listen::{self, BindError};
 use crate::metrics::{Direction, Metrics};
 use crate::proxy::{self, ProxyShared};
 use crate::snapshot::{self, SnapshotData, SnapshotStore};
@@ -96,15 +97,8 @@ impl Config {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A TCP listener could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        /// Which listener.
-        what: &'static str,
-        /// Address asked for.
-        addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     /// The snapshot file is unusable.
     #[error(transparent)]
     Snapshot(#[from] snapshot::file::FileError),
@@ -114,7 +108,7 @@ pub enum StartError {
 }
 
 /// Addresses actually bound (ports resolved).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Addrs {
     /// Outbound listener.
     pub outbound: SocketAddr,
@@ -124,6 +118,8 @@ pub struct Addrs {
     pub admin: Option<SocketAddr>,
     /// DNS listeners.
     pub dns: Option<netd_dns::ListenAddrs>,
+    /// IPv6 companions bound next to the listeners asked for (see [`crate::listen`]).
+    pub companions: Vec<SocketAddr>,
 }
 
 /// A started sidecar.
@@ -163,10 +159,11 @@ impl Running {
     }
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { what, addr, source })
+/// The first listener (the address asked for, maybe in its dual-stack form) and the rest
+/// (IPv6 companions).
+fn split(mut ls: Vec<TcpListener>) -> (TcpListener, Vec<TcpListener>) {
+    let first = ls.remove(0);
+    (first, ls)
 }
 
 /// Binds everything and starts serving. Returns once every listener is bound; readiness
@@ -192,26 +189,46 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     }
 
-    let outbound_listener = bind("outbound", config.outbound).await?;
-    let inbound_listener = match config.inbound {
-        Some(a) => Some(bind("inbound", a).await?),
-        None => None,
+    let (outbound_listener, outbound_extra) = split(listen::bind_tcp("outbound", config.outbound)?);
+    let (inbound_listener, inbound_extra) = match config.inbound {
+        Some(a) => {
+            let (l, extra) = split(listen::bind_tcp("inbound", a)?);
+            (Some(l), extra)
+        }
+        None => (None, Vec::new()),
     };
     let admin_listener = match config.admin {
-        Some(a) => Some(bind("admin", a).await?),
+        Some(a) => Some(TcpListener::bind(a).await.map_err(|source| BindError {
+            what: "admin",
+            addr: a,
+            source,
+        })?),
         None => None,
     };
+    let mut companions = Vec::new();
     let dns = match config.dns {
         Some(a) => {
-            let (addrs, task) =
-                crate::dns::start(a, config.upstream_dns.clone(), store.clone(), drain.clone())
-                    .await?;
+            let (addrs, extra, task) = crate::dns::start(
+                a,
+                config.upstream_dns.clone(),
+                config.connect.mark,
+                store.clone(),
+                drain.clone(),
+            )
+            .await?;
             background.push(task);
+            companions.extend(extra);
             Some(addrs)
         }
         None => None,
     };
     let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+    companions.extend(
+        outbound_extra
+            .iter()
+            .chain(&inbound_extra)
+            .filter_map(|l| l.local_addr().ok()),
+    );
     let addrs = Addrs {
         outbound: local(&outbound_listener, config.outbound),
         inbound: inbound_listener
@@ -223,6 +240,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .zip(config.admin)
             .map(|(l, a)| local(l, a)),
         dns,
+        companions,
     };
 
     let shared = |direction| {
@@ -249,16 +267,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             },
         })
     };
-    background.push(tokio::spawn(proxy::run(
-        outbound_listener,
-        shared(Direction::Outbound),
-        drain.clone(),
-        tracker.clone(),
-    )));
-    if let Some(l) = inbound_listener {
+    let outbound = shared(Direction::Outbound);
+    for l in std::iter::once(outbound_listener).chain(outbound_extra) {
         background.push(tokio::spawn(proxy::run(
             l,
-            shared(Direction::Inbound),
+            outbound.clone(),
+            drain.clone(),
+            tracker.clone(),
+        )));
+    }
+    let inbound = shared(Direction::Inbound);
+    for l in inbound_listener.into_iter().chain(inbound_extra) {
+        background.push(tokio::spawn(proxy::run(
+            l,
+            inbound.clone(),
             drain.clone(),
             tracker.clone(),
         )));

@@ -29,16 +29,19 @@ pub struct Args {
     /// Static snapshot (JSON) instead of netd; reloaded on SIGHUP.
     #[arg(long)]
     pub snapshot: Option<PathBuf>,
-    /// Transparent outbound listener.
+    /// Transparent outbound listener; 127.0.0.1:PORT also listens on [::1]:PORT when the
+    /// namespace has IPv6.
     #[arg(long, default_value = "127.0.0.1:15001")]
     pub outbound: SocketAddr,
-    /// Transparent inbound listener (original port → application on 127.0.0.1:port).
+    /// Transparent inbound listener (original port → application on 127.0.0.1:port, [::1]
+    /// for IPv6); 0.0.0.0:PORT is bound dual-stack as [::]:PORT when the namespace has IPv6.
     #[arg(long, default_value = "0.0.0.0:15006")]
     pub inbound: SocketAddr,
     /// Admin listener: /metrics /ready /live /config.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
-    /// Discovery DNS listener (UDP and TCP); off when not given.
+    /// Discovery DNS listener (UDP and TCP), plus [::1]:PORT for 127.0.0.1:PORT when the
+    /// namespace has IPv6; off when not given.
     #[arg(long)]
     pub dns: Option<SocketAddr>,
     /// Upstream DNS servers for other names (ADDR:PORT; repeat or separate by spaces).
@@ -195,6 +198,25 @@ mod tests {
         assert_eq!(a.drain_timeout, Duration::from_secs(5));
         assert_eq!(a.balancer, Policy::P2c);
         assert!(!a.access_log && a.dns.is_none() && a.mark.is_none());
+    }
+
+    #[test]
+    fn netd_supervisor_command_line_is_accepted() {
+        // What netd's supervisor passes (netd/src/mesh/supervisor.rs, `sidecar_args`).
+        let line = "--socket /run/netd/netd.sock --container-id abc --netns /run/netns/x \
+                    --outbound 127.0.0.1:15001 --inbound 0.0.0.0:15006 --admin 127.0.0.1:15000 \
+                    --dns 127.0.0.1:15053 --mark 0x4e44 --drain-timeout 5s \
+                    --upstream-dns 10.89.0.1:53 [fd00:89::1]:53";
+        let a = parse(&line.split_whitespace().collect::<Vec<_>>()).unwrap();
+        let c = a.config();
+        assert!(matches!(c.source, Source::Netd(ref p) if p.ends_with("netd.sock")));
+        assert_eq!(c.connect.mark, Some(0x4e44));
+        assert_eq!(c.dns.map(|d| d.port()), Some(15053));
+        assert_eq!(c.upstream_dns.len(), 2);
+        assert_eq!(
+            a.netns.as_deref(),
+            Some(std::path::Path::new("/run/netns/x"))
+        );
     }
 
     #[test]

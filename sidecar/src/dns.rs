@@ -1,7 +1,8 @@
 //! Discovery DNS for the container: netd's own DNS server (`netd-dns`) answering from the
 //! sidecar's snapshot — service names → VIP, SRV records with ports, container names — and
-//! forwarding other names to `--upstream-dns` with a cache. The DNS snapshot is rebuilt on
-//! every sidecar snapshot change, so it keeps answering from the last one while netd is down.
+//! forwarding other names to `--upstream-dns` with a cache, from sockets that carry the
+//! sidecar's mark. The DNS snapshot is rebuilt on every sidecar snapshot change, so it keeps
+//! answering from the last one while netd is down.
 
 use std::net::SocketAddr;
 
@@ -61,24 +62,41 @@ pub fn build(data: &SnapshotData) -> netd_dns::Snapshot {
     builder.build()
 }
 
-/// Binds UDP and TCP on `addr` and serves until `drain` fires; the DNS snapshot follows
-/// `store`.
+/// Binds UDP and TCP on `addr` (and on its IPv6 loopback companion when the namespace has
+/// IPv6, see [`crate::listen`]) and serves until `drain` fires; the DNS snapshot follows
+/// `store`. Names it does not own go to `upstreams` from sockets carrying `mark`, so that the
+/// interception rules (which send port 53 to this server) let them out. Returns the main
+/// addresses, the companion's UDP address if one was bound, and the serving task.
 pub async fn start(
     addr: SocketAddr,
     upstreams: Vec<SocketAddr>,
+    mark: Option<u32>,
     store: SnapshotStore,
     drain: Drain,
-) -> Result<(ListenAddrs, JoinHandle<()>), ServerError> {
+) -> Result<(ListenAddrs, Option<SocketAddr>, JoinHandle<()>), ServerError> {
     let handle = SnapshotHandle::new(build(store.load().data()));
-    let server = DnsServer::bind(
-        addr,
-        None,
-        handle.clone(),
-        upstreams,
-        ServerOptions::default(),
-    )
-    .await?;
+    let mut options = ServerOptions::default();
+    options.forward.mark = mark;
+    let server = DnsServer::bind(addr, None, handle.clone(), upstreams, options.clone()).await?;
     let addrs = server.local_addrs();
+    let companion = match crate::listen::loopback_companion(addr) {
+        None => None,
+        Some(v6) => {
+            let forwarder = server.forwarder().clone();
+            match DnsServer::bind_with_forwarder(v6, None, handle.clone(), forwarder, options).await
+            {
+                Ok(s) => Some(s),
+                Err(ServerError::Bind { source, .. })
+                    if source.raw_os_error() == Some(libc::EADDRNOTAVAIL) =>
+                {
+                    tracing::debug!(%v6, "no IPv6 in this namespace");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let companion_addr = companion.as_ref().map(|s| s.local_addrs().udp);
     let mut changes = store.subscribe();
     let follower = {
         let mut drain = drain.clone();
@@ -92,14 +110,20 @@ pub async fn start(
             }
         })
     };
-    let task = tokio::spawn(async move {
-        let mut drain = drain;
+    let serve = |server: DnsServer, mut drain: Drain| async move {
         if let Err(e) = server.serve(async move { drain.signaled().await }).await {
             tracing::warn!(error = %e, "DNS server stopped");
         }
+    };
+    let companion_task = companion.map(|s| tokio::spawn(serve(s, drain.clone())));
+    let task = tokio::spawn(async move {
+        serve(server, drain).await;
+        if let Some(t) = companion_task {
+            let _ = t.await;
+        }
         follower.abort();
     });
-    Ok((addrs, task))
+    Ok((addrs, companion_addr, task))
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! Modules, in the order a connection meets them:
 //! - [`netns`]: entering the container's namespace before anything else;
 //! - [`snapshot`]: the registry view (from netd or a file) swapped atomically;
-//! - [`proxy`]: listeners, original destination, target and protocol choice per connection;
+//! - [`listen`]: the listeners, with the IPv6 companions interception needs;
+//! - [`proxy`]: original destination, target and protocol choice per connection;
 //! - [`sockopt`]: `SO_ORIGINAL_DST`, `SO_MARK`, marked connects;
 //! - [`detect`]: protocol detection and replay of the bytes read;
 //! - [`http`]: the hyper server and the tower stack (trace → observe → route → balance →
@@ -29,6 +30,7 @@ pub mod detect;
 pub mod dns;
 pub mod drain;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod netns;
 pub mod pool;

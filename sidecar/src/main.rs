@@ -58,6 +58,7 @@ async fn run(args: Args, started: Instant) -> ExitCode {
         inbound = %shown(running.addrs.inbound),
         admin = %shown(running.addrs.admin),
         dns = %shown(running.addrs.dns.map(|d| d.udp)),
+        ipv6 = ?running.addrs.companions,
         container_id = args.container_id.as_deref().unwrap_or(""),
         "ready"
     );

@@ -1,11 +1,13 @@
 //! The two transparent listeners and what happens to an accepted connection:
 //! original destination → target (service `VIP:port`, plain address, or by authority when
-//! not redirected) → protocol (hint, server-first port, or detection) → HTTP server stack or
+//! not redirected) → protocol (see [`plan`]: `http`/`grpc` hints skip detection, `tcp` — the
+//! default — and no hint are detected, server-first ports are opaque) → HTTP server stack or
 //! opaque TCP forwarding.
 //!
 //! Outbound connections to a service's `VIP:port` are balanced over its endpoints; to any
 //! other address they pass through to it. Inbound connections go to the application on
-//! `127.0.0.1:<original port>` (`[::1]` for IPv6). One task per connection, tracked so that
+//! `127.0.0.1:<original port>` (`[::1]` for IPv6), counted under the service whose endpoint
+//! the original destination is, when it is one. One task per connection, tracked so that
 //! a drain can wait for them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -60,7 +62,7 @@ pub async fn run(
                 Ok((stream, peer)) => {
                     let shared = shared.clone();
                     let drain = drain.clone();
-                    tracker.spawn(async move { handle(stream, peer, local, &shared, drain).await });
+                    tracker.spawn(async move { handle(stream, peer, &shared, drain).await });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -76,10 +78,9 @@ pub async fn run(
 /// Where a connection goes and the protocol hint of its port, before any byte is read.
 fn target(
     stream: &TcpStream,
-    local: SocketAddr,
     shared: &ProxyShared,
 ) -> Option<(Target, Option<Protocol>, Option<u16>)> {
-    let orig = sockopt::original_dst(stream, local);
+    let orig = sockopt::original_dst(stream);
     match shared.direction {
         Direction::Outbound => Some(match orig {
             Some(addr) => match shared.http.store.load().by_vip(addr) {
@@ -104,11 +105,12 @@ fn target(
                     SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
                     SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
                 };
-                Some((
-                    Target::Direct(SocketAddr::new(app, addr.port())),
-                    None,
-                    Some(addr.port()),
-                ))
+                let app = SocketAddr::new(app, addr.port());
+                let target = match shared.http.store.load().endpoint_service(addr) {
+                    Some(service) => Target::Local { app, service },
+                    None => Target::Direct(app),
+                };
+                Some((target, None, Some(addr.port())))
             }
             None => shared
                 .default_target
@@ -117,32 +119,53 @@ fn target(
     }
 }
 
-async fn handle(
-    mut stream: TcpStream,
-    client: SocketAddr,
-    local: SocketAddr,
-    shared: &ProxyShared,
-    drain: Drain,
-) {
+/// How a connection's protocol is decided, from its port's hint and number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// `grpc`: HTTP/2 prior knowledge, nothing read.
+    Http2,
+    /// `http`: known HTTP; the first bytes only tell HTTP/1 from HTTP/2 (no opaque fallback,
+    /// no detection timeout: the client may take its time).
+    Http,
+    /// Server-first port: opaque at once (the client would wait for the server forever).
+    Opaque,
+    /// Detection with `--detect-timeout`.
+    Detect,
+}
+
+/// The protocol-hint rule: `http` and `grpc` skip detection; `tcp` — the default of every
+/// service port, so it says nothing about what was meant — is detected like a port without
+/// a hint, so that a default service still gets per-request HTTP balancing; server-first
+/// ports ([`SERVER_FIRST_PORTS`]) without an HTTP hint are opaque at once.
+fn plan(hint: Option<Protocol>, port: Option<u16>) -> Plan {
+    match hint {
+        Some(Protocol::Grpc) => Plan::Http2,
+        Some(Protocol::Http) => Plan::Http,
+        Some(Protocol::Tcp) | None if port.is_some_and(|p| SERVER_FIRST_PORTS.contains(&p)) => {
+            Plan::Opaque
+        }
+        Some(Protocol::Tcp) | None => Plan::Detect,
+    }
+}
+
+async fn handle(mut stream: TcpStream, client: SocketAddr, shared: &ProxyShared, drain: Drain) {
     let _ = stream.set_nodelay(true);
-    let Some((target, hint, port)) = target(&stream, local, shared) else {
+    let Some((target, hint, port)) = target(&stream, shared) else {
         tracing::debug!(%client, "not redirected and no default target: closing");
         return;
     };
-    let server_first = port.is_some_and(|p| SERVER_FIRST_PORTS.contains(&p));
-    let (detected, prefix) = match hint {
-        Some(Protocol::Tcp) => (Detected::Opaque, Default::default()),
-        Some(Protocol::Grpc) => (Detected::Http2, Default::default()),
-        _ if server_first => (Detected::Opaque, Default::default()),
-        Some(Protocol::Http) => {
+    let (detected, prefix) = match plan(hint, port) {
+        Plan::Http2 => (Detected::Http2, Default::default()),
+        Plan::Opaque => (Detected::Opaque, Default::default()),
+        Plan::Http => {
             match detect::detect(&mut stream, shared.http.limits.header_read_timeout).await {
                 Ok((Detected::Http2, p)) => (Detected::Http2, p),
-                // Hinted HTTP: hyper answers whatever this is with a 400.
+                // Known HTTP: hyper answers whatever this is with a 400.
                 Ok((_, p)) => (Detected::Http1, p),
                 Err(_) => return,
             }
         }
-        None => match detect::detect(&mut stream, shared.detect_timeout).await {
+        Plan::Detect => match detect::detect(&mut stream, shared.detect_timeout).await {
             Ok(r) => r,
             Err(_) => return,
         },
@@ -179,6 +202,7 @@ async fn opaque(
     let dest = match target {
         Target::Service(key) => directory.service(&key).map(Dest::Service),
         Target::Direct(addr) => Some(Dest::Direct(directory.direct(addr))),
+        Target::Local { app, service } => Some(Dest::Direct(directory.local(app, service))),
         Target::ByAuthority { fallback } => {
             let named = sni
                 .as_deref()
@@ -197,11 +221,30 @@ async fn opaque(
     };
     let service = match &dest {
         Dest::Service(b) => b.key().to_string(),
-        Dest::Direct(_) => "-".to_string(),
+        Dest::Direct(ep) => ep.service().unwrap_or("-").to_string(),
     };
     let metrics = shared
         .http
         .metrics
         .tcp(shared.direction, &service, protocol);
     crate::tcp::forward(io, client, dest, shared.connect, metrics).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_http_and_grpc_skip_detection_tcp_is_detected() {
+        assert_eq!(plan(Some(Protocol::Grpc), Some(50051)), Plan::Http2);
+        assert_eq!(plan(Some(Protocol::Http), Some(80)), Plan::Http);
+        // An explicit HTTP hint wins over the port's reputation.
+        assert_eq!(plan(Some(Protocol::Http), Some(5432)), Plan::Http);
+        // The default hint says nothing: detected, so HTTP on it is balanced per request.
+        assert_eq!(plan(Some(Protocol::Tcp), Some(80)), Plan::Detect);
+        assert_eq!(plan(None, Some(8080)), Plan::Detect);
+        assert_eq!(plan(None, None), Plan::Detect);
+        assert_eq!(plan(Some(Protocol::Tcp), Some(5432)), Plan::Opaque);
+        assert_eq!(plan(None, Some(6379)), Plan::Opaque);
+    }
 }

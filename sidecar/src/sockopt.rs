@@ -1,104 +1,37 @@
 //! The socket options of transparent proxying: recovering the original destination of a
-//! redirected connection (`SO_ORIGINAL_DST`, IPv4 and IPv6) and marking every upstream socket
-//! the sidecar opens (`SO_MARK`) so the interception rules let it through.
+//! redirected connection and marking every upstream socket the sidecar opens (`SO_MARK`) so
+//! the interception rules let it through.
 //!
-//! This module owns the `unsafe` `getsockopt`/`setsockopt` calls and nothing else: the rules
-//! that redirect traffic live in `netd_cni::nat::intercept`.
+//! `SO_ORIGINAL_DST` itself has one implementation in the project,
+//! [`netd_cni::nat::intercept::original_dst`], next to the rules that redirect; this module
+//! only decides what a result means for a listener. Marks are set through `socket2` (the same
+//! call the DNS forwarder uses), so no `unsafe` lives here.
 
 use std::io;
-use std::mem;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
 
-/// `SO_ORIGINAL_DST` from `<linux/netfilter_ipv4.h>`; the IPv6 variant
-/// (`IP6T_SO_ORIGINAL_DST`) has the same value on `SOL_IPV6`.
-const SO_ORIGINAL_DST: libc::c_int = 80;
-
-/// The destination a connection had before nf_tables redirected it to `local`, or `None`
+/// The destination an accepted connection had before nf_tables redirected it, or `None`
 /// when it was not redirected (no conntrack entry, or the original destination is the
-/// listener itself, as for a client that connected to the listener directly).
-pub fn original_dst(stream: &TcpStream, local: SocketAddr) -> Option<SocketAddr> {
-    let found = match local {
-        SocketAddr::V4(_) => original_dst_v4(stream),
-        SocketAddr::V6(_) => original_dst_v6(stream),
-    };
-    match found {
-        Ok(addr) if addr != local => Some(addr),
-        _ => None,
-    }
-}
-
-fn original_dst_v4(stream: &TcpStream) -> io::Result<SocketAddr> {
-    // SAFETY: all-zero bytes are a valid sockaddr_in.
-    let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
-    let mut len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: the fd is a live socket owned by `stream`; `sa` and `len` point at a buffer of
-    // the size passed, which the kernel fills at most.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_IP,
-            SO_ORIGINAL_DST,
-            (&mut sa as *mut libc::sockaddr_in).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let ip = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
-    Ok(SocketAddr::V4(SocketAddrV4::new(
-        ip,
-        u16::from_be(sa.sin_port),
-    )))
-}
-
-fn original_dst_v6(stream: &TcpStream) -> io::Result<SocketAddr> {
-    // SAFETY: all-zero bytes are a valid sockaddr_in6.
-    let mut sa: libc::sockaddr_in6 = unsafe { mem::zeroed() };
-    let mut len = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-    // SAFETY: as in `original_dst_v4`, with a sockaddr_in6 buffer.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_IPV6,
-            SO_ORIGINAL_DST,
-            (&mut sa as *mut libc::sockaddr_in6).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let ip = Ipv6Addr::from(sa.sin6_addr.s6_addr);
-    Ok(SocketAddr::V6(SocketAddrV6::new(
-        ip,
-        u16::from_be(sa.sin6_port),
-        sa.sin6_flowinfo,
-        sa.sin6_scope_id,
-    )))
+/// connection's own local address, as for a client that connected to the listener
+/// directly).
+///
+/// Addresses are compared and returned in canonical form: an IPv4 connection accepted by a
+/// dual-stack listener has a local address `::ffff:a.b.c.d`, its original destination is
+/// IPv4.
+pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let orig = canonical(netd_cni::nat::intercept::original_dst(stream).ok()?);
+    let local = canonical(stream.local_addr().ok()?);
+    (orig != local).then_some(orig)
 }
 
 /// Sets `SO_MARK` on a socket (needs `CAP_NET_ADMIN`).
-fn set_mark(fd: &impl AsRawFd, mark: u32) -> io::Result<()> {
-    // SAFETY: the fd is a live socket; the option value is a u32 of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            (&mark as *const u32).cast(),
-            mem::size_of::<u32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+pub fn set_mark(socket: &impl AsFd, mark: u32) -> io::Result<()> {
+    socket2::SockRef::from(socket).set_mark(mark)
 }
 
 /// How the sidecar opens upstream connections.
@@ -186,7 +119,7 @@ mod tests {
         let local = listener.local_addr().unwrap();
         let client = connect(local, ConnectOptions::default()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        assert_eq!(original_dst(&server, local), None);
+        assert_eq!(original_dst(&server), None);
         drop(client);
     }
 

@@ -6,18 +6,24 @@
 //! config on stdin), and shows what netd adds to plain networking: containers registered and
 //! resolvable by name through netd's DNS on the gateway, a container and a host process
 //! exposed as services reached by name and virtual IP, and a host port published by netd.
+//! Then the mesh: a network created with `--mesh`, a client and two replicas of `hello`, each
+//! with the `netd-sidecar` netd starts in its namespace; the client's plain keep-alive
+//! connection to `http://hello/` is balanced per request over both replicas, a replica is
+//! removed under load without a failed request, and the client's sidecar shows its metrics.
 //! Then it detaches the containers, stops netd and deletes the namespaces.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use netd::mesh::probe;
 use netd_cni::link::Netlink;
-use netd_cni::netns::NamedNetNs;
+use netd_cni::netns::{NamedNetNs, NetNs};
 use serde_json::{json, Value};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -47,7 +53,7 @@ fn run() -> Res<()> {
     // netd in the host namespace, on embedded defaults but with private paths.
     let log = dir.join("netd.log");
     let mut daemon = Daemon(Some(
-        in_ns(Command::new(&netd), host.ns().as_raw_fd())
+        in_ns(Command::new(&netd), host.ns())
             .arg("--socket")
             .arg(&socket)
             .arg("up")
@@ -218,6 +224,18 @@ fn run() -> Res<()> {
     drop(web_srv);
     drop(host_srv);
 
+    let mesh = Mesh {
+        tag,
+        host: &host,
+        plugin: &plugin,
+        socket: &socket,
+        dir: &dir,
+        cli: &cli,
+    };
+    if let Err(e) = mesh.run(&mut check) {
+        check("mesh part", Err(e));
+    }
+
     for (id, name, ns) in [
         ("demo-web", "web-1", &web),
         ("demo-client", "client", &client),
@@ -244,6 +262,219 @@ fn run() -> Res<()> {
     Ok(())
 }
 
+/// The mesh part: a client and two replicas of `hello` on a network created with `--mesh`,
+/// each with the sidecar netd starts in its namespace.
+struct Mesh<'a> {
+    tag: u32,
+    host: &'a NamedNetNs,
+    plugin: &'a Path,
+    socket: &'a Path,
+    dir: &'a Path,
+    cli: &'a dyn Fn(&[&str]) -> Res<String>,
+}
+
+/// A sidecar's admin listener, inside its container.
+const SIDECAR_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
+
+impl Mesh<'_> {
+    /// Creates the network and containers, shows balancing, DNS, a scale-down under load and
+    /// the sidecars' metrics, then removes it all again.
+    fn run(&self, check: &mut dyn FnMut(&str, Res<String>)) -> Res<()> {
+        println!("netd demo, mesh: a client and two replicas of hello on a meshed network");
+        (self.cli)(&[
+            "network",
+            "create",
+            "demo-mesh",
+            "--subnet",
+            "10.92.0.0/24",
+            "--mesh",
+        ])?;
+        println!("  netd network create demo-mesh --subnet 10.92.0.0/24 --mesh");
+        let list: Value = serde_json::from_str(&std::fs::read_to_string(
+            self.dir.join("cni").join("demo-mesh.conflist"),
+        )?)?;
+        let mut conf = list["plugins"][0].clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        conf["name"] = list["name"].clone();
+        conf["dataDir"] = json!(self.dir.join("cni-state"));
+        let cni = Cni {
+            plugin: self.plugin,
+            host: self.host,
+            socket: self.socket,
+            conf: &conf,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut ctrs = Vec::new();
+        let result: Res<()> = (|| {
+            for name in ["client", "hello-1", "hello-2"] {
+                let ns = NamedNetNs::create(&format!("netd-demo-m{name}-{}", self.tag))?;
+                let id = format!("demo-mesh-{name}");
+                let (r, _) = cni.call("ADD", &id, name, &ns)?;
+                ns.ns().run(|| Netlink::open()?.set_up(1))??;
+                let ip = first_v4(&r)?;
+                println!("  ADD {name:<8} -> {ip} (sidecar started by netd)");
+                ctrs.push((id, name, ns, ip));
+            }
+            for (_, name, ns, ip) in &ctrs[1..] {
+                let listener = ns.ns().run(|| TcpListener::bind("0.0.0.0:80"))??;
+                probe::serve(listener, name.to_string(), stop.clone());
+                let addr = ip.to_string();
+                (self.cli)(&[
+                    "expose",
+                    "hello",
+                    "80",
+                    "--protocol",
+                    "http",
+                    "--address",
+                    &addr,
+                    "--persist",
+                ])?;
+                println!("  netd expose hello 80 --protocol http --address {ip} --persist");
+            }
+            self.show(&ctrs, check)
+        })();
+        stop.store(true, Ordering::Relaxed);
+        for (id, name, ns, _) in &ctrs {
+            cni.call("DEL", id, name, ns)?;
+        }
+        (self.cli)(&["unexpose", "hello"])?;
+        (self.cli)(&["network", "rm", "demo-mesh"])?;
+        println!("  DEL client, hello-1, hello-2 (their sidecars stopped); network removed");
+        result
+    }
+
+    fn show(
+        &self,
+        ctrs: &[(String, &str, NamedNetNs, Ipv4Addr)],
+        check: &mut dyn FnMut(&str, Res<String>),
+    ) -> Res<()> {
+        for (_, name, ns, _) in ctrs {
+            wait_for(
+                &format!("{name}'s sidecar"),
+                Duration::from_secs(20),
+                || {
+                    ns.ns()
+                        .run(|| probe::admin_get(SIDECAR_ADMIN, "/ready"))
+                        .ok()
+                        .flatten()
+                        .is_some_and(|(status, _)| status == 200)
+                },
+            )?;
+        }
+        let client = &ctrs[0].2;
+        let gw = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 92, 0, 1)), 53);
+        let vip = retry(|| client.ns().run(|| query_a(gw, "hello"))?)?;
+        check(
+            "client resolves hello (its sidecar's DNS)",
+            Ok(vip.to_string()),
+        );
+        let vip = SocketAddr::new(vip.into(), 80);
+        // The endpoints reach the client's sidecar within milliseconds: retry briefly.
+        let balanced = retry(|| {
+            let t = client.ns().run(|| probe::requests(vip, "hello", 40))?;
+            if t.answers.len() == 2 && t.failed == 0 {
+                Ok(t)
+            } else {
+                Err(format!("not balanced yet: {t:?}").into())
+            }
+        });
+        check(
+            "client -> http://hello/ x40, one connection",
+            balanced.map(|t| tally(&t)),
+        );
+
+        // Scale-down under load: hello-2's endpoint goes while two connections keep asking.
+        let running = Arc::new(AtomicBool::new(true));
+        let path = client.path().to_path_buf();
+        let load = {
+            let running = running.clone();
+            std::thread::spawn(move || -> Res<probe::Tally> {
+                let ns = NetNs::open(&path)?;
+                Ok(ns.run(|| {
+                    let mut total = probe::Tally::default();
+                    // At least 200 requests, and until the removal is seen.
+                    for i in 0..300 {
+                        total.add(probe::requests(vip, "hello", 10));
+                        if i >= 20 && !running.load(Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                    total
+                })?)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let api = netd::client::Client::new(self.socket);
+        let hello2 = IpAddr::V4(ctrs[2].3);
+        let removed = rt.block_on(async {
+            let eps = api.endpoints("default", "hello").await?;
+            for ep in eps.iter().filter(|e| e.address == hello2) {
+                api.delete_endpoint("default", "hello", &ep.id).await?;
+            }
+            Ok::<_, netd::client::ClientError>(())
+        });
+        let only_one = removed.map_err(Into::into).and_then(|()| {
+            retry(|| {
+                let t = client.ns().run(|| probe::requests(vip, "hello", 20))?;
+                if t.answers.keys().eq(["hello-1"].iter()) {
+                    Ok(())
+                } else {
+                    Err(format!("hello-2 still answers: {t:?}").into())
+                }
+            })
+        });
+        running.store(false, Ordering::Relaxed);
+        let under_load = load
+            .join()
+            .map_err(|_| "load thread panicked")?
+            .and_then(|t| match (only_one, t.failed) {
+                (Err(e), _) => Err(e),
+                (Ok(()), 0) => Ok(format!("{} requests, 0 failed ({})", t.ok(), tally(&t))),
+                (Ok(()), n) => Err(format!("{n} failed requests: {t:?}").into()),
+            });
+        check("hello-2 removed under load", under_load);
+
+        let metrics = client
+            .ns()
+            .run(|| probe::admin_get(SIDECAR_ADMIN, "/metrics"))?
+            .map(|(_, body)| body)
+            .ok_or("the client's sidecar does not answer /metrics")?;
+        println!("  the client's sidecar, /metrics (outbound requests):");
+        for line in metrics.lines().filter(|l| {
+            (l.starts_with("netd_http_requests_total") || l.starts_with("netd_http_peer_requests"))
+                && l.contains("outbound")
+        }) {
+            println!("    {line}");
+        }
+        let counted = probe::metric(
+            &metrics,
+            "netd_http_requests_total",
+            &["direction=\"outbound\"", "service=\"default/hello\""],
+        );
+        check(
+            "client's sidecar counted requests to hello",
+            if counted >= 40 {
+                Ok(counted.to_string())
+            } else {
+                Err(format!("only {counted}").into())
+            },
+        );
+        Ok(())
+    }
+}
+
+/// `hello-1: 21, hello-2: 19`.
+fn tally(t: &probe::Tally) -> String {
+    t.answers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Runs the plugin inside the host namespace, as a runtime on that host would, reporting to
 /// the demo's netd.
 struct Cni<'a> {
@@ -255,7 +486,7 @@ struct Cni<'a> {
 
 impl Cni<'_> {
     fn call(&self, cmd: &str, id: &str, name: &str, ns: &NamedNetNs) -> Res<(Value, Duration)> {
-        let mut child = in_ns(Command::new(self.plugin), self.host.ns().as_raw_fd());
+        let mut child = in_ns(Command::new(self.plugin), self.host.ns());
         child
             .env("CNI_COMMAND", cmd)
             .env("CNI_CONTAINERID", id)
@@ -286,17 +517,9 @@ impl Cni<'_> {
     }
 }
 
-/// `cmd` will run in the network namespace `fd`.
-fn in_ns(mut cmd: Command, fd: RawFd) -> Command {
-    // SAFETY: setns is async-signal-safe and only affects the child after fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+/// `cmd` will run in the network namespace `ns`.
+fn in_ns(mut cmd: Command, ns: &NetNs) -> Command {
+    ns.enter_on_exec(&mut cmd);
     cmd
 }
 

@@ -157,6 +157,7 @@ pub async fn run(socket: &Path, args: Args) -> Result<(), CliError> {
                 exclude_cidrs: args.mesh_exclude_cidrs,
                 ..InterceptSpec::default()
             },
+            network_dns: !args.no_network_dns,
         }),
     })
     .await?;

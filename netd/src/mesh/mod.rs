@@ -16,9 +16,12 @@
 //! whose attachment is gone. A netd that stops normally (SIGTERM, ctrl-c) stops every sidecar
 //! and removes every rule first: nothing is left behind.
 //!
+//! [`probe`] drives the mesh like an unmodified application (demo and tests).
+//!
 //! Not here: the sidecar itself (crate `netd-sidecar`), the sidecar's snapshot (it reads the
 //! API), and interception's layout (`netd_cni::nat::intercept`).
 
+pub mod probe;
 pub mod process;
 pub mod status;
 pub mod supervisor;
@@ -69,6 +72,10 @@ pub struct MeshOptions {
     /// Interception settings for every sidecar (ports, mark, exclusions); each attachment's
     /// addresses are filled in per sidecar.
     pub intercept: netd_cni::nat::intercept::InterceptSpec,
+    /// netd answers DNS on each network's gateway: sidecars forward the names they do not
+    /// own there (`--upstream-dns <gateway>:53`), since interception sends the container's
+    /// port-53 traffic to its sidecar. Without it sidecars answer only the mesh's names.
+    pub network_dns: bool,
 }
 
 impl MeshOptions {
@@ -140,6 +147,11 @@ pub fn targets(snap: &Snapshot) -> BTreeMap<String, Target> {
                 network: a.network.clone(),
                 netns: a.netns.clone(),
                 ips: a.ips.clone(),
+                gateways: snap
+                    .networks
+                    .get(&a.network)
+                    .map(|n| n.subnets.iter().map(crate::dns::gateway_address).collect())
+                    .unwrap_or_default(),
             };
             (a.key(), t)
         })

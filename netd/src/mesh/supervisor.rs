@@ -36,6 +36,8 @@ pub struct Target {
     pub netns: String,
     /// The container's addresses (inbound interception applies to these).
     pub ips: Vec<std::net::IpAddr>,
+    /// Its network's gateway addresses (where netd answers DNS).
+    pub gateways: Vec<std::net::IpAddr>,
 }
 
 /// The shared, live status of one sidecar.
@@ -100,6 +102,14 @@ pub fn sidecar_args(opts: &MeshOptions, t: &Target) -> Vec<String> {
     .collect();
     args.push("--drain-timeout".into());
     args.push(format!("{}s", opts.sidecar_drain.as_secs()));
+    if opts.network_dns && !t.gateways.is_empty() {
+        args.push("--upstream-dns".into());
+        args.extend(
+            t.gateways
+                .iter()
+                .map(|g| std::net::SocketAddr::new(*g, 53).to_string()),
+        );
+    }
     args
 }
 
@@ -350,13 +360,15 @@ mod tests {
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             intercept: InterceptSpec::default(),
+            network_dns: false,
         };
-        let t = Target {
+        let mut t = Target {
             container_id: "abc".into(),
             ifname: "eth0".into(),
             network: "n".into(),
             netns: "/run/netns/x".into(),
             ips: Vec::new(),
+            gateways: vec!["10.89.0.1".parse().unwrap(), "fd00:89::1".parse().unwrap()],
         };
         assert_eq!(
             sidecar_args(&opts, &t).join(" "),
@@ -364,5 +376,15 @@ mod tests {
              --outbound 127.0.0.1:15001 --inbound 0.0.0.0:15006 --admin 127.0.0.1:15000 \
              --dns 127.0.0.1:15053 --mark 0x4e44 --drain-timeout 5s"
         );
+        // With netd's DNS on the gateways, other names are forwarded there.
+        let opts = MeshOptions {
+            network_dns: true,
+            ..opts
+        };
+        assert!(sidecar_args(&opts, &t)
+            .join(" ")
+            .ends_with("--upstream-dns 10.89.0.1:53 [fd00:89::1]:53"));
+        t.gateways.clear();
+        assert!(!sidecar_args(&opts, &t).contains(&"--upstream-dns".to_string()));
     }
 }

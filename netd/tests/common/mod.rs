@@ -15,6 +15,29 @@ use netd::client::Client;
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_netd");
 
+/// `prefix-<test process id>-<counter>`: unique among the tests running in parallel.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `netd --socket <dir>/netd.sock up --data-dir <dir>/data --cni-conf-dir <dir>/cni`: a
+/// daemon with private paths; the caller adds the rest.
+pub fn netd_up(mut cmd: Command, dir: &Path) -> Command {
+    cmd.arg("--socket")
+        .arg(dir.join("netd.sock"))
+        .arg("up")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--cni-conf-dir")
+        .arg(dir.join("cni"));
+    cmd
+}
+
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -116,13 +139,7 @@ impl Daemon {
 
     /// The daemon's output so far (all starts).
     pub fn log(&self) -> String {
-        (1..=self.starts)
-            .map(|i| {
-                std::fs::read_to_string(self.dir.0.join(format!("daemon-{i}.log")))
-                    .unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-            .join("--- restart ---\n")
+        logs(&self.dir.0, "daemon", self.starts)
     }
 
     pub fn pid(&self) -> i32 {
@@ -185,6 +202,15 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The logs `<dir>/<stem>-1.log` ... `<stem>-<starts>.log` of a daemon started `starts`
+/// times, one after the other.
+pub fn logs(dir: &Path, stem: &str, starts: usize) -> String {
+    (1..=starts)
+        .map(|i| std::fs::read_to_string(dir.join(format!("{stem}-{i}.log"))).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("--- restart ---\n")
 }
 
 /// Runs the CLI against `socket`.
@@ -252,4 +278,25 @@ pub fn send_signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) on a PID this test spawned and has not reaped yet.
     let rc = unsafe { libc::kill(pid, sig) };
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// Pids of the processes whose network namespace is the one at `path` (by the namespace's
+/// device and inode, read from every `/proc/<pid>/ns/net`); empty when `path` is gone.
+pub fn pids_in_netns(path: &Path) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ns) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) {
+            if (m.dev(), m.ino()) == (ns.dev(), ns.ino()) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
 }

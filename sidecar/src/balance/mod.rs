@@ -48,6 +48,10 @@ pub struct Endpoint {
     pub pool: Pool,
     /// Request metrics with this endpoint as the peer.
     pub metrics: Arc<HttpMetrics>,
+    /// For an inbound application endpoint ([`Directory::local`]): the service it serves and
+    /// that service's request metrics (balanced endpoints are counted by their balancer).
+    pub service_metrics: Option<Arc<HttpMetrics>>,
+    service: Option<Arc<str>>,
 }
 
 impl Endpoint {
@@ -63,7 +67,15 @@ impl Endpoint {
             )),
             pool: Pool::new(addr, connect),
             metrics,
+            service_metrics: None,
+            service: None,
         }
+    }
+
+    /// The service this endpoint is counted under when it is not balanced by one (see
+    /// [`Directory::local`]).
+    pub fn service(&self) -> Option<&str> {
+        self.service.as_deref()
     }
 
     /// Its address.
@@ -326,6 +338,9 @@ fn below(n: u64) -> u64 {
     ((u128::from(random()) * u128::from(n)) >> 64) as u64
 }
 
+/// An inbound application endpoint: its address and the service it serves.
+type LocalKey = (SocketAddr, Arc<str>);
+
 /// Balancer settings that do not come from the snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct DirectoryOptions {
@@ -343,6 +358,7 @@ pub struct DirectoryOptions {
 pub struct Directory {
     services: ArcSwap<HashMap<Arc<str>, Arc<ServiceBalancer>>>,
     direct: Mutex<HashMap<SocketAddr, Arc<Endpoint>>>,
+    local: Mutex<HashMap<LocalKey, Arc<Endpoint>>>,
     options: DirectoryOptions,
     metrics: Arc<Metrics>,
     direction: Direction,
@@ -363,6 +379,7 @@ impl Directory {
         Self {
             services: ArcSwap::default(),
             direct: Mutex::default(),
+            local: Mutex::default(),
             options,
             metrics,
             direction,
@@ -406,6 +423,30 @@ impl Directory {
         }
         let ep = Arc::new(self.new_endpoint("-", addr));
         direct.insert(addr, ep.clone());
+        ep
+    }
+
+    /// The inbound application endpoint at `app` serving `service`: its requests are counted
+    /// under the service (and the application as the peer).
+    pub fn local(&self, app: SocketAddr, service: Arc<str>) -> Arc<Endpoint> {
+        let make = || {
+            let mut ep = self.new_endpoint(&service, app);
+            ep.service_metrics = Some(self.metrics.http_service(self.direction, &service));
+            ep.service = Some(service.clone());
+            Arc::new(ep)
+        };
+        let Ok(mut local) = self.local.lock() else {
+            return make();
+        };
+        let key = (app, service.clone());
+        if let Some(ep) = local.get(&key) {
+            return ep.clone();
+        }
+        if local.len() >= MAX_DIRECT {
+            local.retain(|_, ep| Arc::strong_count(ep) > 1);
+        }
+        let ep = make();
+        local.insert(key, ep.clone());
         ep
     }
 

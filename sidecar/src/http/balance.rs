@@ -104,8 +104,8 @@ where
     fn call(&mut self, mut req: Request<Incoming>) -> ResponseFuture {
         let picked = match req.extensions_mut().remove::<Dest>() {
             Some(Dest::Direct(endpoint)) => Ok(Picked {
+                service: endpoint.service_metrics.clone(),
                 endpoint,
-                service: None,
                 balancer: None,
                 key: None,
             }),

@@ -21,8 +21,17 @@ use crate::snapshot::SnapshotStore;
 pub enum Target {
     /// The original destination was a service's `VIP:port`.
     Service(Arc<str>),
-    /// A plain address: a non-mesh destination (passthrough) or, inbound, the application.
+    /// A plain address: a non-mesh destination (passthrough), or inbound the application
+    /// when the connection was not for a registered endpoint.
     Direct(SocketAddr),
+    /// Inbound, the application behind an endpoint of `service`: requests are counted under
+    /// that service.
+    Local {
+        /// Where the application answers (`127.0.0.1:<port>` / `[::1]:<port>`).
+        app: SocketAddr,
+        /// The service whose endpoint the connection was for.
+        service: Arc<str>,
+    },
     /// Not redirected: each request names its service by authority (`Host`/`:authority`);
     /// requests naming none go to `fallback` when set.
     ByAuthority {
@@ -94,6 +103,9 @@ impl<S> Route<S> {
                 .map(Dest::Service)
                 .ok_or_else(|| format!("service {key} is not in the snapshot")),
             Target::Direct(addr) => Ok(Dest::Direct(l.directory.direct(*addr))),
+            Target::Local { app, service } => {
+                Ok(Dest::Direct(l.directory.local(*app, service.clone())))
+            }
             Target::ByAuthority { fallback } => {
                 let named = authority(req).and_then(|a| l.store.load().by_authority(a));
                 if let Some(b) = named.and_then(|key| l.directory.service(&key)) {

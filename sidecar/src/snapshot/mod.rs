@@ -25,7 +25,7 @@ pub mod netd;
 
 /// The registry state the sidecar works from, as plain data (the `--snapshot` file format and
 /// what `/config` shows).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotData {
     /// Registry revision this state is at (0 for files).
@@ -50,6 +50,21 @@ pub struct SnapshotData {
 
 fn default_domain() -> String {
     DEFAULT_DOMAIN.to_string()
+}
+
+/// Empty, in the default domain (the state before the first snapshot: DNS serves the zone
+/// with no names rather than a broken one).
+impl Default for SnapshotData {
+    fn default() -> Self {
+        Self {
+            revision: 0,
+            domain: default_domain(),
+            services: Vec::new(),
+            endpoints: Vec::new(),
+            attachments: Vec::new(),
+            balancers: BTreeMap::new(),
+        }
+    }
 }
 
 /// One port of a service, as seen from `VIP:port`.
@@ -77,6 +92,7 @@ pub struct Snapshot {
     by_vip: HashMap<SocketAddr, PortTarget>,
     by_name: HashMap<String, Arc<str>>,
     endpoints: HashMap<Arc<str>, Vec<EndpointAddr>>,
+    by_endpoint: HashMap<SocketAddr, Arc<str>>,
 }
 
 impl Snapshot {
@@ -120,7 +136,13 @@ impl Snapshot {
             }
             endpoints.entry(key).or_default();
         }
+        let mut by_endpoint = HashMap::new();
         for ep in &data.endpoints {
+            if let Some((key, _)) = endpoints.get_key_value(ep.service_key().as_str()) {
+                by_endpoint
+                    .entry(SocketAddr::new(ep.address, ep.port))
+                    .or_insert_with(|| key.clone());
+            }
             if ep.health == Health::Unhealthy || ep.weight == 0 {
                 continue;
             }
@@ -140,7 +162,15 @@ impl Snapshot {
             by_vip,
             by_name,
             endpoints,
+            by_endpoint,
         }
+    }
+
+    /// The service that `addr` is a registered endpoint of (the first, by service key order
+    /// of the data, when several share it), whatever its health: inbound requests are counted
+    /// under it.
+    pub fn endpoint_service(&self, addr: SocketAddr) -> Option<Arc<str>> {
+        self.by_endpoint.get(&addr).cloned()
     }
 
     /// The plain data this snapshot was built from.
@@ -328,6 +358,15 @@ mod tests {
         assert_eq!(addrs, ["127.0.0.2:8080", "127.0.0.4:8080"]);
         assert_eq!(eps[0].weight, 2);
         assert_eq!(s.endpoints("shop/web").unwrap().len(), 0);
+        // Inbound labels: every registered endpoint, healthy or not.
+        let svc = |a: &str| s.endpoint_service(a.parse().unwrap());
+        assert_eq!(svc("127.0.0.3:8080").as_deref(), Some("default/web"));
+        assert_eq!(svc("127.0.0.3:8081"), None);
+    }
+
+    #[test]
+    fn empty_data_is_in_the_default_domain() {
+        assert_eq!(SnapshotData::default().domain, DEFAULT_DOMAIN);
     }
 
     #[test]

@@ -1,0 +1,702 @@
+//! The mesh end to end, with real components only: `netd up` runs inside a throwaway "host"
+//! namespace with `--sidecar-bin` pointing at the real `netd-sidecar`; a network is created
+//! with `mesh: true`; three containers (throwaway namespaces) are attached with the real
+//! `netd-cni` as a runtime would (`client`, and `hello-1`/`hello-2` serving HTTP on port 80 and
+//! registering `hello:80` through `NETD_SERVICE`). netd then starts one sidecar per container,
+//! inside its namespace, with nf_tables interception in there.
+//!
+//! The client is unmodified: a plain std `TcpStream` speaking HTTP/1.1 keep-alive to the VIP
+//! it resolved with a plain UDP DNS query to the gateway's port 53, which interception sends
+//! to the client's sidecar (it answers the mesh's names itself, also with netd down, and
+//! forwards the others to netd's DNS on the gateway, whose upstream is a stand-in on the
+//! host namespace's loopback).
+//!
+//! Every namespace is deleted and every process in it killed (by pid) when the lab drops,
+//! also on failure; names carry the test process id and a counter, so tests run in parallel.
+//! Needs the binaries: `cargo build -p netd-cni -p netd-sidecar` (next to the `netd` binary
+//! under test, or `NETD_CNI_BIN` / `NETD_SIDECAR_BIN`). No timings are asserted.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{netd_up, pids_in_netns, unique, wait_until, TempDir, BIN};
+use netd::client::Client;
+use netd::mesh::probe::{self, metric, Tally};
+use netd::mesh::status::SidecarState;
+use netd_cni::netns::NamedNetNs;
+use netd_config::netd::{NetworkSpec, Protocol, ServicePort, ServiceSpec};
+use netd_dns::proto::op::{Message, MessageType, Query};
+use netd_dns::proto::rr::rdata::A;
+use netd_dns::proto::rr::{Name, RData, Record, RecordType};
+use serde_json::{json, Value};
+
+/// Longest wait for anything the mesh does on its own (sidecars up, snapshots propagated).
+const WAIT: Duration = Duration::from_secs(30);
+/// Dual stack: the IPv6 half exercises the sidecars' IPv6 listeners.
+const SUBNETS: [&str; 2] = ["10.91.0.0/24", "fd00:91::/64"];
+/// The network's gateway, where containers send DNS (port 53).
+const DNS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 91, 0, 1)), 53);
+/// The sidecar's admin listener, inside each container.
+const ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
+/// A plain TCP echo port in `hello-1` that is no service port.
+const ECHO_PORT: u16 = 7000;
+
+/// A binary built next to the `netd` under test, or at `$env`.
+fn binary(name: &str, env: &str) -> PathBuf {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(BIN)
+            .parent()
+            .expect("netd binary has a directory")
+            .join(name)
+    });
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p netd-cni -p netd-sidecar` first",
+        path.display()
+    );
+    path
+}
+
+/// Brings `lo` up in `ns`.
+fn lo_up(ns: &NamedNetNs) {
+    ns.ns()
+        .run(|| netd_cni::link::Netlink::open()?.set_up(1))
+        .expect("enter namespace")
+        .expect("set lo up");
+}
+
+/// A container: its namespace, CNI container id and address.
+struct Ctr {
+    name: String,
+    id: String,
+    ip: Ipv4Addr,
+    ip6: Ipv6Addr,
+    ns: NamedNetNs,
+}
+
+impl Ctr {
+    /// Runs `f` on a thread inside the container's namespace.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.ns.ns().run(f).expect("enter container namespace")
+    }
+}
+
+/// netd in a host namespace, a meshed network, three containers; all removed on drop.
+struct Lab {
+    rt: tokio::runtime::Runtime,
+    api: Client,
+    daemon: Option<Child>,
+    /// How many times netd was started (one log file each).
+    starts: usize,
+    conf: Value,
+    sidecar: PathBuf,
+    cni: PathBuf,
+    ctrs: Vec<Ctr>,
+    stop_servers: Arc<AtomicBool>,
+    /// The stand-in upstream DNS server, in the host namespace.
+    upstream: SocketAddr,
+    host: NamedNetNs,
+    // Last: removed after the processes are gone.
+    dir: TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let tag = unique("m");
+        let sidecar = binary("netd-sidecar", "NETD_SIDECAR_BIN");
+        let cni = binary("netd-cni", "NETD_CNI_BIN");
+        let dir = TempDir::new("mesh-e2e");
+        let host = NamedNetNs::create(&format!("netd-me-h-{tag}")).expect("host namespace");
+        lo_up(&host);
+        let socket = dir.0.join("netd.sock");
+        let stop_servers = Arc::new(AtomicBool::new(false));
+        let upstream = fake_upstream(&host, stop_servers.clone());
+        let mut lab = Lab {
+            rt: tokio::runtime::Runtime::new().expect("runtime"),
+            api: Client::new(&socket),
+            daemon: None,
+            starts: 0,
+            conf: Value::Null,
+            sidecar,
+            cni,
+            ctrs: Vec::new(),
+            stop_servers,
+            upstream,
+            host,
+            dir,
+        };
+        lab.start_netd();
+        let net = lab
+            .rt
+            .block_on(lab.api.create_network(&NetworkSpec {
+                name: "m".into(),
+                subnets: SUBNETS.iter().map(ToString::to_string).collect(),
+                mesh: true,
+                isolate: false,
+                bridge: None,
+            }))
+            .expect("create meshed network");
+        assert!(net.mesh);
+        // The plugin's configuration is the conflist netd wrote, as a runtime would read it.
+        let list: Value = serde_json::from_str(
+            &std::fs::read_to_string(lab.dir.0.join("cni").join("m.conflist")).expect("conflist"),
+        )
+        .expect("conflist JSON");
+        let mut conf = list["plugins"][0].clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        conf["name"] = list["name"].clone();
+        conf["dataDir"] = json!(lab.dir.0.join("cni-state"));
+        lab.conf = conf;
+        // `hello` is known HTTP (the protocol hint skips detection).
+        lab.rt
+            .block_on(lab.api.put_service(&ServiceSpec {
+                name: "hello".into(),
+                namespace: "default".into(),
+                ports: vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    protocol: Protocol::Http,
+                    host_port: None,
+                }],
+                health_check: None,
+            }))
+            .expect("create service hello");
+        for (name, service) in [
+            ("client", None),
+            ("hello-1", Some("hello:80")),
+            ("hello-2", Some("hello:80")),
+        ] {
+            lab.attach(&tag, name, service);
+        }
+        for c in &lab.ctrs[1..] {
+            http_server(c, 80, &c.name, lab.stop_servers.clone());
+        }
+        echo_server(&lab.ctrs[1], ECHO_PORT, lab.stop_servers.clone());
+        for c in &lab.ctrs {
+            lab.wait_ready(c);
+        }
+        lab
+    }
+
+    /// Starts `netd up` in the host namespace (again, after a kill: same directories, so it
+    /// adopts the sidecars left running) and waits until it answers.
+    fn start_netd(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.0.join(format!("netd-{}.log", self.starts)))
+            .expect("log");
+        let mut cmd = Command::new(BIN);
+        self.host.ns().enter_on_exec(&mut cmd);
+        let mut cmd = netd_up(cmd, &self.dir.0);
+        cmd.args(["--node", "test-node", "--dns-upstream"])
+            .arg(self.upstream.to_string())
+            .arg("--sidecar-bin")
+            .arg(&self.sidecar)
+            .args(["--sidecar-drain-timeout", "1"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        self.daemon = Some(cmd.spawn().expect("spawn netd up"));
+        let socket = self.api.socket().to_path_buf();
+        assert!(
+            wait_until(WAIT, || std::os::unix::net::UnixStream::connect(&socket)
+                .is_ok()),
+            "netd did not come up:\n{}",
+            self.log()
+        );
+    }
+
+    /// Attaches a new container `name` with `netd-cni ADD`, as a runtime would.
+    fn attach(&mut self, tag: &str, name: &str, service: Option<&str>) {
+        let ns = NamedNetNs::create(&format!("netd-me-{name}-{tag}")).expect("namespace");
+        let id = format!("{name}-{tag}");
+        let mut args = format!("K8S_POD_NAME={name}");
+        if let Some(s) = service {
+            args.push_str(&format!(";NETD_SERVICE={s}"));
+        }
+        let result = self.cni_call("ADD", &id, &ns, &args);
+        let addrs: Vec<IpAddr> = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+            .collect();
+        let (ip, ip6) = match (
+            addrs.iter().find(|a| a.is_ipv4()),
+            addrs.iter().find(|a| a.is_ipv6()),
+        ) {
+            (Some(IpAddr::V4(v4)), Some(IpAddr::V6(v6))) => (*v4, *v6),
+            _ => panic!("no IPv4 and IPv6 address in {result}"),
+        };
+        // Loopback is where the sidecar listens and the application is reached.
+        lo_up(&ns);
+        self.ctrs.push(Ctr {
+            name: name.into(),
+            id,
+            ip,
+            ip6,
+            ns,
+        });
+    }
+
+    fn cni_call(&self, command: &str, id: &str, ns: &NamedNetNs, args: &str) -> Value {
+        let mut cmd = Command::new(&self.cni);
+        self.host.ns().enter_on_exec(&mut cmd);
+        cmd.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", ns.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .env("CNI_ARGS", args)
+            .env("NETD_SOCKET", self.api.socket())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn netd-cni");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(self.conf.to_string().as_bytes())
+            .expect("write conf");
+        let out = child.wait_with_output().expect("netd-cni");
+        assert!(
+            out.status.success(),
+            "netd-cni {command} {id}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// netd's output (and its sidecars'), all starts.
+    fn log(&self) -> String {
+        common::logs(&self.dir.0, "netd", self.starts)
+    }
+
+    /// Waits until 20 requests from the client to `vip` all succeed and are answered by
+    /// exactly the replicas `names` (sorted).
+    fn answered_by(&self, vip: SocketAddr, names: &[&str]) -> bool {
+        wait_until(WAIT, || {
+            let t = self.ctr("client").run(|| requests(vip, 20));
+            t.failed == 0 && t.answers.keys().eq(names.iter())
+        })
+    }
+
+    /// Removes every endpoint of `hello` on container `name`'s addresses.
+    fn remove_endpoints_of(&self, name: &str) {
+        let c = self.ctr(name);
+        let eps = self
+            .rt
+            .block_on(self.api.endpoints("default", "hello"))
+            .expect("endpoints");
+        let gone: Vec<_> = eps
+            .iter()
+            .filter(|e| e.address == IpAddr::V4(c.ip) || e.address == IpAddr::V6(c.ip6))
+            .collect();
+        assert_eq!(gone.len(), 2, "{name}'s endpoints (IPv4 and IPv6): {eps:?}");
+        for ep in gone {
+            self.rt
+                .block_on(self.api.delete_endpoint("default", "hello", &ep.id))
+                .expect("remove an endpoint");
+        }
+    }
+
+    fn ctr(&self, name: &str) -> &Ctr {
+        self.ctrs
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no container {name}"))
+    }
+
+    /// Waits until the container's sidecar answers `/ready` with 200.
+    fn wait_ready(&self, c: &Ctr) {
+        let ok = wait_until(WAIT, || {
+            c.run(|| probe::admin_get(ADMIN, "/ready"))
+                .is_some_and(|(status, _)| status == 200)
+        });
+        assert!(ok, "sidecar of {} never got ready:\n{}", c.name, self.log());
+    }
+
+    /// The sidecar process of container `name`, as netd reports it.
+    fn sidecar_pid(&self, name: &str) -> Option<u32> {
+        let id = &self.ctr(name).id;
+        let all = self.rt.block_on(self.api.sidecars()).ok()?;
+        all.into_iter()
+            .find(|s| &s.container_id == id && s.state == SidecarState::Running)
+            .and_then(|s| s.pid)
+    }
+
+    /// The sidecar's `/metrics`, from inside container `name`.
+    fn metrics(&self, name: &str) -> String {
+        self.ctr(name)
+            .run(|| probe::admin_get(ADMIN, "/metrics"))
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop_servers.store(true, Ordering::Relaxed);
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The sidecars netd started (own process groups, they outlive netd).
+        for c in &self.ctrs {
+            for pid in pids_in_netns(c.ns.path()) {
+                // SAFETY: kill(2) on a sidecar netd started for this test's namespace.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// An HTTP/1.1 keep-alive server on `[::]:port` (both families) in `c`, answering every request with
+/// `name`; it stops accepting once `stop` is set.
+fn http_server(c: &Ctr, port: u16, name: &str, stop: Arc<AtomicBool>) {
+    let listener = c
+        .run(|| TcpListener::bind(("::", port)))
+        .expect("bind HTTP server");
+    probe::serve(listener, name.to_string(), stop);
+}
+
+/// A TCP echo server (not HTTP) on `[::]:port` (both families) in `c`.
+fn echo_server(c: &Ctr, port: u16, stop: Arc<AtomicBool>) {
+    let listener = c
+        .run(|| TcpListener::bind(("::", port)))
+        .expect("bind echo server");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                if let Ok(mut w) = conn.try_clone() {
+                    let _ = std::io::copy(&mut &conn, &mut w);
+                }
+            });
+        }
+    });
+}
+
+/// What [`fake_upstream`] answers for every name.
+const UPSTREAM_ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+
+/// A stand-in for the Internet's DNS, in the host namespace on loopback: answers every
+/// query with one A record, [`UPSTREAM_ANSWER`].
+fn fake_upstream(host: &NamedNetNs, stop: Arc<AtomicBool>) -> SocketAddr {
+    let sock = host
+        .ns()
+        .run(|| UdpSocket::bind("127.0.0.1:0"))
+        .expect("enter host namespace")
+        .expect("bind fake upstream");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let addr = sock.local_addr().expect("address");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(mut m) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            m.metadata.message_type = MessageType::Response;
+            let Some(name) = m.queries.first().map(|q| q.name().clone()) else {
+                continue;
+            };
+            m.answers
+                .push(Record::from_rdata(name, 60, RData::A(A(UPSTREAM_ANSWER))));
+            if let Ok(bytes) = m.to_vec() {
+                let _ = sock.send_to(&bytes, peer);
+            }
+        }
+    });
+    addr
+}
+
+/// The A record of `name` (fully qualified) from a plain UDP query to `server:53`, as a stub
+/// resolver sends it.
+fn resolve(server: SocketAddr, name: &str) -> Option<Ipv4Addr> {
+    let sock = UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let mut q = Message::query();
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
+    sock.send_to(&q.to_vec().ok()?, server).ok()?;
+    let mut buf = [0u8; 1500];
+    let n = sock.recv(&mut buf).ok()?;
+    let r = Message::from_vec(&buf[..n]).ok()?;
+    r.answers.iter().find_map(|rec| match &rec.data {
+        RData::A(a) => Some(a.0),
+        _ => None,
+    })
+}
+
+/// `n` requests for `http://hello/` over one keep-alive connection to `vip` (from inside
+/// the calling thread's namespace).
+fn requests(vip: SocketAddr, n: usize) -> Tally {
+    probe::requests(vip, "hello", n)
+}
+
+/// The VIP of `hello` as the client resolves it through its namespace's DNS path.
+fn hello_vip(lab: &Lab) -> SocketAddr {
+    let mut vip = None;
+    let found = wait_until(WAIT, || {
+        vip = lab.ctr("client").run(|| resolve(DNS, "hello.netd.local."));
+        vip.is_some()
+    });
+    assert!(found, "client cannot resolve hello:\n{}", lab.log());
+    SocketAddr::new(IpAddr::V4(vip.expect("resolved")), 80)
+}
+
+#[test]
+fn unmodified_client_is_balanced_per_request_through_both_sidecars() {
+    let lab = Lab::new();
+    // DNS: netd's own DNS is off; the client's port-53 query is answered by its sidecar.
+    let vip = hello_vip(&lab);
+    let svc = lab
+        .rt
+        .block_on(lab.api.service("default", "hello"))
+        .expect("service")
+        .expect("hello exists");
+    assert_eq!(vip.ip(), svc.vip, "DNS answered the service VIP");
+    // Other names: the sidecar forwards them to netd's DNS on the gateway (from a marked
+    // socket, else interception would send the query back to the sidecar), which forwards
+    // them to the host's upstream.
+    assert_eq!(
+        lab.ctr("client").run(|| resolve(DNS, "www.example.org.")),
+        Some(UPSTREAM_ANSWER),
+        "a name outside the mesh was not forwarded upstream (netd's DNS answers {:?}):\n{}",
+        lab.host.ns().run(|| (
+            resolve(DNS, "www.example.org."),
+            resolve(lab.upstream, "www.example.org.")
+        )),
+        lab.log()
+    );
+
+    // Endpoints reach the client's sidecar through netd's watch: retry until both answer.
+    let mut seen = BTreeMap::new();
+    let both = wait_until(WAIT, || {
+        let t = lab.ctr("client").run(|| requests(vip, 40));
+        assert_eq!(
+            t.failed, 0,
+            "failed requests over one keep-alive connection"
+        );
+        seen = t.answers;
+        seen.len() == 2
+    });
+    assert!(
+        both,
+        "one keep-alive connection was not balanced over both replicas: {seen:?}\n{}",
+        lab.log()
+    );
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        ["hello-1", "hello-2"]
+    );
+
+    // Golden metrics: the client's outbound sidecar counted the requests for the service,
+    // each replica's inbound sidecar the ones it served.
+    let out = metric(
+        &lab.metrics("client"),
+        "netd_http_requests_total",
+        &["direction=\"outbound\"", "service=\"default/hello\""],
+    );
+    assert!(out >= 40, "outbound requests counted: {out}");
+    for r in ["hello-1", "hello-2"] {
+        let text = lab.metrics(r);
+        let n = metric(
+            &text,
+            "netd_http_requests_total",
+            &["direction=\"inbound\"", "service=\"default/hello\""],
+        );
+        assert!(
+            n >= 1,
+            "{r}'s inbound sidecar counted {n} requests:\n{text}"
+        );
+    }
+
+    // Opaque TCP to a plain address passes through both sidecars, bytes intact, over IPv4
+    // and over IPv6 (redirected to the outbound listener's [::1] companion, then to the
+    // dual-stack inbound listener).
+    let hello1 = lab.ctr("hello-1");
+    for ip in [IpAddr::V4(hello1.ip), IpAddr::V6(hello1.ip6)] {
+        let echo = SocketAddr::new(ip, ECHO_PORT);
+        let reply = lab.ctr("client").run(|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&echo, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"ping from an unmodified client\n")?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        });
+        assert_eq!(
+            reply.unwrap_or_else(|e| panic!("echo through the mesh to {echo}: {e}")),
+            "ping from an unmodified client\n"
+        );
+    }
+    let tcp = metric(
+        &lab.metrics("client"),
+        "netd_tcp_connections_opened_total",
+        &["direction=\"outbound\"", "protocol=\"tcp\""],
+    );
+    assert!(tcp >= 2, "the client's sidecar saw {tcp} TCP connections");
+    let inbound = metric(
+        &lab.metrics("hello-1"),
+        "netd_tcp_connections_opened_total",
+        &["direction=\"inbound\"", "protocol=\"tcp\""],
+    );
+    assert!(
+        inbound >= 2,
+        "hello-1's sidecar saw {inbound} TCP connections"
+    );
+}
+
+#[test]
+fn endpoint_removed_under_load_fails_no_request() {
+    let lab = Lab::new();
+    let vip = hello_vip(&lab);
+    assert!(
+        lab.answered_by(vip, &["hello-1", "hello-2"]),
+        "both replicas never answered"
+    );
+    // Bounded load on two keep-alive connections while hello-2's endpoint goes.
+    let running = Arc::new(AtomicBool::new(true));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let running = running.clone();
+            let path = lab.ctr("client").ns.path().to_path_buf();
+            std::thread::spawn(move || {
+                let ns = netd_cni::netns::NetNs::open(&path).expect("client namespace");
+                ns.run(|| {
+                    let mut total = Tally::default();
+                    // At least 200 requests, and until the removal is seen.
+                    for i in 0..200 {
+                        total.add(requests(vip, 10));
+                        if i >= 20 && !running.load(Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                    total
+                })
+                .expect("enter client namespace")
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    lab.remove_endpoints_of("hello-2");
+    // Once the removal reached the client's sidecar, only hello-1 answers.
+    let only_one = lab.answered_by(vip, &["hello-1"]);
+    running.store(false, Ordering::Relaxed);
+    let mut served = Tally::default();
+    for t in load {
+        served.add(t.join().expect("load thread"));
+    }
+    assert!(only_one, "hello-2 kept getting requests after its removal");
+    assert_eq!(
+        served.failed, 0,
+        "requests failed during the scale-down (served: {served:?})"
+    );
+    assert!(served.ok() > 0, "no load ran");
+}
+
+#[test]
+fn sidecar_restart_and_netd_down_keep_the_mesh_serving() {
+    let mut lab = Lab::new();
+    let vip = hello_vip(&lab);
+    assert!(
+        lab.answered_by(vip, &["hello-1", "hello-2"]),
+        "both replicas never answered"
+    );
+
+    // A sidecar killed: the supervisor starts a new one and requests work again.
+    let old = lab.sidecar_pid("client").expect("client's sidecar runs");
+    // SAFETY: kill(2) on the sidecar netd started for this test's client container.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    let restarted = wait_until(WAIT, || lab.sidecar_pid("client").is_some_and(|p| p != old));
+    assert!(
+        restarted,
+        "the client's sidecar was not restarted:\n{}",
+        lab.log()
+    );
+    lab.wait_ready(lab.ctr("client"));
+    let statuses = lab.rt.block_on(lab.api.sidecars()).expect("sidecars");
+    let st = statuses
+        .iter()
+        .find(|s| s.container_id == lab.ctr("client").id)
+        .expect("client's sidecar status");
+    assert!(st.restarts >= 1 && st.intercepting, "{st:?}");
+    assert!(
+        lab.answered_by(vip, &["hello-1", "hello-2"]),
+        "requests do not work after the sidecar restart"
+    );
+
+    // netd killed: every sidecar keeps serving from its last snapshot, DNS included.
+    let pids: Vec<u32> = ["client", "hello-1", "hello-2"]
+        .iter()
+        .map(|n| lab.sidecar_pid(n).expect("sidecar runs"))
+        .collect();
+    if let Some(mut d) = lab.daemon.take() {
+        d.kill().expect("kill netd");
+        d.wait().expect("reap netd");
+    }
+    assert!(
+        lab.rt.block_on(lab.api.status()).is_err(),
+        "netd still answers"
+    );
+    for pid in &pids {
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "sidecar {pid} died with netd"
+        );
+    }
+    let t = lab.ctr("client").run(|| requests(vip, 40));
+    assert_eq!(t.failed, 0, "requests failed with netd down");
+    assert_eq!(t.answers.len(), 2, "not balanced with netd down: {t:?}");
+    assert_eq!(
+        lab.ctr("client").run(|| resolve(DNS, "hello.netd.local.")),
+        match vip.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        },
+        "DNS stopped answering with netd down"
+    );
+
+    // netd back: it adopts the running sidecars, which follow the registry again.
+    lab.start_netd();
+    let after: Vec<Option<u32>> = ["client", "hello-1", "hello-2"]
+        .iter()
+        .map(|n| {
+            let mut pid = None;
+            wait_until(WAIT, || {
+                pid = lab.sidecar_pid(n);
+                pid.is_some()
+            });
+            pid
+        })
+        .collect();
+    assert_eq!(
+        after,
+        pids.iter().copied().map(Some).collect::<Vec<_>>(),
+        "the restarted netd did not adopt the sidecars:\n{}",
+        lab.log()
+    );
+    lab.remove_endpoints_of("hello-2");
+    assert!(
+        lab.answered_by(vip, &["hello-1"]),
+        "the sidecars do not follow the restarted netd"
+    );
+}
