@@ -1,6 +1,6 @@
 //! The `registry` benchmark: the netd daemon's registry through its API, on one real daemon.
 //!
-//! The release `netd` binary (`netd up --no-vip --no-network-dns`, its own `--socket`,
+//! The release `netd` binary (`netd up --no-network-dns`, VIPs on, its own `--socket`,
 //! `--data-dir` and `--cni-conf-dir` in the run's [`Scratch`] directory, optional `--store URL`
 //! passed through) runs inside a throwaway network namespace this benchmark creates, so nothing
 //! it does can reach the machine's own network. The benchmark talks to it over the unix socket
@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -40,6 +41,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::Method;
 use netd::client::{enc, Client};
+use netd_config::netd::{EndpointSpec, Health, Protocol, ServicePort, ServiceSpec};
 use serde_json::{json, Value};
 
 use crate::guard;
@@ -54,7 +56,8 @@ usage: netd-bench registry [options]
 
 Benchmarks the netd daemon's registry through its API: registration throughput (services,
 then endpoints, at each concurrency level), watch propagation latency (W watchers, K paced
-changes) and daemon RSS. Starts `netd up --no-vip --no-network-dns` inside a throwaway network
+changes), VIP propagation and daemon RSS. Starts `netd up --no-network-dns` (service VIPs
+programmed in nf_tables, as by default) inside a throwaway network
 namespace, with its data directory in $TMPDIR (on disk: durable writes are what is measured).
 Run as root.
 
@@ -254,7 +257,7 @@ fn start_daemon(
         .arg(&paths.data_dir)
         .arg("--cni-conf-dir")
         .arg(&paths.cni_dir)
-        .args(["--node", "bench-node", "--no-vip", "--no-network-dns"]);
+        .args(["--node", "bench-node", "--no-network-dns"]);
     if let Some(store) = &opts.store {
         cmd.arg("--store").arg(store);
     }
@@ -1027,6 +1030,8 @@ pub struct Report {
     pub levels: Vec<Level>,
     /// The watch phase.
     pub watch: Option<WatchReport>,
+    /// The VIP phase.
+    pub vip: Option<VipReport>,
     /// Daemon peak RSS (`VmHWM`) at the end, KiB.
     pub rss_peak_kib: Option<u64>,
     /// Total wall time.
@@ -1167,6 +1172,12 @@ fn measure(
             return Err(e);
         }
     }
+    if Instant::now() < deadline && !guard::interrupted() {
+        report.vip = Some(run_vip(rt, &ns, &client, deadline));
+        if let Some(e) = daemon.exited() {
+            return Err(e);
+        }
+    }
     report.rss_peak_kib = rss(daemon.pid()).1;
     if Instant::now() >= deadline {
         return Err(format!(
@@ -1175,6 +1186,153 @@ fn measure(
         ));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// VIP propagation
+
+/// New services whose VIP is timed in the VIP phase.
+const VIP_CHANGES: usize = 50;
+
+/// What the VIP phase measured.
+#[derive(Debug, Clone, Default)]
+pub struct VipReport {
+    /// Service ports in the daemon's VIP table when the phase started.
+    pub services_before: usize,
+    /// From the endpoint registration's acknowledgement to the first connection to the VIP
+    /// that reaches the endpoint, ms.
+    pub from_ack: Option<Summary>,
+    /// The same from just before the registration was sent, ms.
+    pub from_send: Option<Summary>,
+    /// Services whose VIP never answered within the bound.
+    pub missed: usize,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+}
+
+/// Times how long a new service's VIP takes to reach its endpoint, with every service of the
+/// earlier phases (and their endpoints) in the VIP table: the namespace gets the VIP range as
+/// a local route (a VIP not yet programmed answers with a reset at once), a listener on
+/// 127.0.0.1 is the endpoint, and a thread in the namespace connects to VIP:80 every 0.2 ms
+/// until the connection reaches it.
+fn run_vip(
+    rt: &tokio::runtime::Runtime,
+    ns: &NetNs,
+    client: &Client,
+    deadline: Instant,
+) -> VipReport {
+    let mut report = VipReport {
+        services_before: rt
+            .block_on(client.services(None))
+            .map(|s| s.len())
+            .unwrap_or(0),
+        ..VipReport::default()
+    };
+    let setup = ns.run(|| -> Result<std::net::TcpListener, String> {
+        let out = Command::new("ip")
+            .args(["route", "add", "local", "10.96.0.0/16", "dev", "lo"])
+            .output()
+            .map_err(|e| format!("ip route: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip route add local 10.96.0.0/16 dev lo: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("listener: {e}"))
+    });
+    let listener = match setup {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            report.error = Some(e);
+            return report;
+        }
+        Err(e) => {
+            report.error = Some(format!("entering the namespace: {e}"));
+            return report;
+        }
+    };
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    // Accepted connections are closed at once; the accept loop ends with the phase.
+    let accepting = Arc::new(AtomicBool::new(true));
+    let acceptor = {
+        let accepting = accepting.clone();
+        let _ = listener.set_nonblocking(true);
+        std::thread::spawn(move || {
+            while accepting.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_micros(200)),
+                }
+            }
+        })
+    };
+    let (mut from_ack, mut from_send) = (Vec::new(), Vec::new());
+    for k in 0..VIP_CHANGES {
+        if Instant::now() >= deadline || guard::interrupted() {
+            break;
+        }
+        let name = format!("vip{k}");
+        let spec = ServiceSpec {
+            name: name.clone(),
+            namespace: "bench-vip".into(),
+            ports: vec![ServicePort {
+                name: None,
+                port: 80,
+                protocol: Protocol::Tcp,
+                host_port: None,
+            }],
+            health_check: None,
+        };
+        let vip = match rt.block_on(client.put_service(&spec)) {
+            Ok(s) => s.vip,
+            Err(e) => {
+                report.error = Some(format!("creating {name}: {e}"));
+                break;
+            }
+        };
+        let ep = EndpointSpec {
+            id: None,
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            port,
+            node: None,
+            container_id: None,
+            health: Health::Unknown,
+            weight: 1,
+            labels: Default::default(),
+            lease: None,
+        };
+        let sent = Instant::now();
+        if let Err(e) = rt.block_on(client.register_endpoint("bench-vip", &name, &ep)) {
+            report.error = Some(format!("registering {name}'s endpoint: {e}"));
+            break;
+        }
+        let acked = Instant::now();
+        let target = SocketAddr::new(vip, 80);
+        let reached = ns.run(move || {
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until {
+                if std::net::TcpStream::connect_timeout(&target, Duration::from_millis(100)).is_ok()
+                {
+                    return Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            None
+        });
+        match reached {
+            Ok(Some(at)) => {
+                from_ack.push(at.saturating_duration_since(acked).as_secs_f64() * 1e3);
+                from_send.push(at.saturating_duration_since(sent).as_secs_f64() * 1e3);
+            }
+            _ => report.missed += 1,
+        }
+    }
+    accepting.store(false, Ordering::Relaxed);
+    let _ = acceptor.join();
+    report.from_ack = Summary::of(&from_ack);
+    report.from_send = Summary::of(&from_send);
+    report
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1312,6 +1470,37 @@ fn table(opts: &Options, r: &Report) -> String {
             let _ = writeln!(out, "  {n} changes failed: {e}");
         }
     }
+    if let Some(v) = &r.vip {
+        let _ = writeln!(
+            out,
+            "\nVIP propagation ({VIP_CHANGES} new services, {} already in the VIP table; connect to VIP:80 every 0.2 ms)",
+            v.services_before
+        );
+        let _ = writeln!(
+            out,
+            "  {:<38} {:>9} {:>9} {:>9} {:>9}",
+            "", "p50 ms", "p99 ms", "max ms", "mean ms"
+        );
+        for (name, s) in [
+            ("endpoint sent -> VIP reaches it", v.from_send),
+            ("endpoint acked -> VIP reaches it", v.from_ack),
+        ] {
+            let _ = writeln!(
+                out,
+                "  {name:<38} {:>9} {:>9} {:>9} {:>9}",
+                ms(s.map(|s| s.p50)),
+                ms(s.map(|s| s.p99)),
+                ms(s.map(|s| s.max)),
+                ms(s.map(|s| s.mean))
+            );
+        }
+        if v.missed > 0 {
+            let _ = writeln!(out, "  {} VIPs never answered within 5 s", v.missed);
+        }
+        if let Some(e) = &v.error {
+            let _ = writeln!(out, "  error: {e}");
+        }
+    }
     let _ = writeln!(out, "\nDaemon RSS (MB)");
     let _ = writeln!(
         out,
@@ -1388,6 +1577,16 @@ fn json_doc(opts: &Options, r: &Report) -> Value {
             "bench_cpu_s": w.bench_cpu.map(round3),
         })
     });
+    let vip = r.vip.as_ref().map(|v| {
+        json!({
+            "services_before": v.services_before,
+            "changes": VIP_CHANGES,
+            "from_send_ms": v.from_send.map(|s| s.to_json()),
+            "from_ack_ms": v.from_ack.map(|s| s.to_json()),
+            "missed": v.missed,
+            "error": v.error,
+        })
+    });
     json!({
         "benchmark": "registry",
         "netd_version": r.version,
@@ -1404,6 +1603,7 @@ fn json_doc(opts: &Options, r: &Report) -> Value {
         "rss_idle_kib": r.rss_idle_kib,
         "levels": levels,
         "watch": watch,
+        "vip": vip,
         "rss_peak_kib": r.rss_peak_kib,
         "error": r.error,
     })
