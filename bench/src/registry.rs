@@ -73,6 +73,8 @@ options:
   --json PATH        also write the results as JSON to PATH
   --netd PATH        netd binary (default: next to this binary, then target/release/netd)
   --store URL        passed to `netd up --store URL` (e.g. an etcd cluster); default: embedded
+  --etcd N           start an N-member etcd cluster (Debian's etcd-server) inside the
+                     benchmark's namespace and run netd on it (--store is then set)
 ";
 
 /// Per-request timeout.
@@ -111,6 +113,8 @@ pub struct Options {
     pub netd: Option<PathBuf>,
     /// `netd up --store` value.
     pub store: Option<String>,
+    /// Members of an etcd cluster the benchmark starts in its namespace (0: none).
+    pub etcd: usize,
 }
 
 impl Default for Options {
@@ -127,6 +131,7 @@ impl Default for Options {
             json: None,
             netd: None,
             store: None,
+            etcd: 0,
         }
     }
 }
@@ -185,6 +190,14 @@ impl Options {
                 "--json" => o.json = Some(PathBuf::from(value(&flag)?)),
                 "--netd" => o.netd = Some(PathBuf::from(value(&flag)?)),
                 "--store" => o.store = Some(value(&flag)?),
+                "--etcd" => {
+                    let v = value(&flag)?;
+                    o.etcd = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=5).contains(n))
+                        .ok_or(format!("--etcd {v:?}: expected 1 to 5 members"))?;
+                }
                 other => return Err(format!("unknown option {other:?}")),
             }
         }
@@ -1140,6 +1153,19 @@ fn measure(
             .as_ref()
             .map_or("?".into(), |(t, m)| format!("{t} ({m})"))
     );
+    let _etcd;
+    let with_etcd;
+    let opts = if opts.etcd > 0 {
+        let cluster = start_etcd(&ns, &state, opts.etcd)?;
+        with_etcd = Options {
+            store: Some(cluster.url.clone()),
+            ..opts.clone()
+        };
+        _etcd = cluster;
+        &with_etcd
+    } else {
+        opts
+    };
     let mut daemon = start_daemon(bin, &ns, &paths, opts, rt)?;
     let client = Client::new(&paths.socket);
     if let Ok(s) = rt.block_on(client.status()) {
@@ -1186,6 +1212,117 @@ fn measure(
         ));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd
+
+/// An etcd cluster the benchmark started inside its namespace; killed by PID on drop.
+struct Etcd {
+    members: Vec<Child>,
+    url: String,
+    _watches: Vec<Option<guard::ChildWatch>>,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+}
+
+/// Starts `n` etcd members on 127.0.0.1 of the benchmark's namespace (ports 23790+ for
+/// clients, 23800+ for peers: the namespace is new, so they are free), data under `state`,
+/// and waits until every member serves a linearizable read.
+fn start_etcd(ns: &NetNs, state: &Path, n: usize) -> Result<Etcd, String> {
+    let etcd = crate::procfs::which("etcd")
+        .ok_or("etcd not found: apt-get install etcd-server (or run without --etcd)")?;
+    let initial: Vec<String> = (0..n)
+        .map(|i| format!("m{i}=http://127.0.0.1:{}", 23800 + i))
+        .collect();
+    let mut cluster = Etcd {
+        members: Vec::new(),
+        url: format!(
+            "etcd://{}",
+            (0..n)
+                .map(|i| format!("127.0.0.1:{}", 23790 + i))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        _watches: Vec::new(),
+    };
+    for i in 0..n {
+        let log = std::fs::File::create(state.join(format!("etcd-m{i}.log")))
+            .map_err(|e| format!("etcd log: {e}"))?;
+        let client = format!("http://127.0.0.1:{}", 23790 + i);
+        let peer = format!("http://127.0.0.1:{}", 23800 + i);
+        let mut cmd = Command::new(&etcd);
+        cmd.args(["--name", &format!("m{i}")])
+            .arg("--data-dir")
+            .arg(state.join(format!("etcd-m{i}")))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log);
+        let child = ns
+            .run(|| {
+                netns::set_loopback_up()?;
+                cmd.spawn()
+            })
+            .and_then(|r| r)
+            .map_err(|e| format!("starting etcd: {e}"))?;
+        cluster
+            ._watches
+            .push(guard::watch_child(child.id(), Duration::from_secs(3600)));
+        cluster.members.push(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = |port: u16| -> bool {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let body = r#"{"key":"eA=="}"#;
+        let req = format!(
+            "POST /v3/kv/range HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut answer = String::new();
+        s.write_all(req.as_bytes()).is_ok()
+            && s.read_to_string(&mut answer).is_ok()
+            && answer.starts_with("HTTP/1.1 200")
+    };
+    loop {
+        let up = ns
+            .run(|| (0..n).all(|i| ready(23790 + i as u16)))
+            .unwrap_or(false);
+        if up {
+            return Ok(cluster);
+        }
+        if Instant::now() >= deadline || guard::interrupted() {
+            return Err(format!(
+                "etcd did not come up within 30 s; log: {}",
+                log_tail(&state.join("etcd-m0.log"))
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
