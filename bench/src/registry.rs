@@ -1509,7 +1509,11 @@ fn table(opts: &Options, r: &Report) -> String {
         out,
         "\nnetd-bench registry: netd {} ({}), store {}, data on {}",
         r.version.as_deref().unwrap_or("?"),
-        opts.store.as_deref().unwrap_or("embedded default"),
+        match (&opts.store, opts.etcd) {
+            (_, n) if n > 0 => format!("{n}-member etcd started by the benchmark"),
+            (Some(url), _) => url.clone(),
+            (None, _) => "embedded default".into(),
+        },
         r.store.as_deref().unwrap_or("?"),
         r.data_fs
             .as_ref()
