@@ -292,20 +292,13 @@ impl WriteTxn {
                 ops: ops.iter().map(Op::to_store_op).collect(),
             })
             .await?;
-        if registry.shared {
-            // The follower publishes it, with whatever other nodes changed before it.
-            let snapshot = registry.wait_applied(stored).await?;
-            drop(guard);
-            return Ok(Committed {
-                revision: stored,
-                snapshot,
-            });
-        }
-        let next = registry.publish(&base, &ops, revision);
+        // No committer: the store is shared, and the follower publishes the change, with
+        // whatever other nodes changed before it.
+        let snapshot = registry.wait_applied(stored).await?;
         drop(guard);
         Ok(Committed {
-            revision,
-            snapshot: next,
+            revision: stored,
+            snapshot,
         })
     }
 }
