@@ -38,6 +38,9 @@ pub enum Error {
     /// The plugin cannot add containers right now (STATUS).
     #[error("{0}")]
     Unavailable(String),
+    /// The plugin cannot add containers, and the attached ones are cut off too (STATUS).
+    #[error("{0}")]
+    Damaged(String),
     /// Built-in IPAM failed.
     #[error("{0}")]
     Ipam(#[from] IpamError),
@@ -86,6 +89,7 @@ impl Error {
             Error::UnknownContainer(_) => code::UNKNOWN_CONTAINER,
             Error::CheckFailed(_) => code::IO_FAILURE,
             Error::Unavailable(_) => code::PLUGIN_NOT_AVAILABLE,
+            Error::Damaged(_) => code::PLUGIN_NOT_AVAILABLE_LIMITED,
             Error::Capacity(_) => code::TRY_AGAIN_LATER,
             Error::Ipam(e) => match e {
                 IpamError::Exhausted { .. } => code::TRY_AGAIN_LATER,

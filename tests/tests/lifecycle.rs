@@ -294,6 +294,95 @@ fn status_reports_an_exhausted_pool() {
 }
 
 #[test]
+fn status_says_51_when_the_attached_containers_are_cut_off_too() {
+    let host = Host::new();
+    let bridge = host.conf()["bridge"].as_str().expect("bridge").to_string();
+
+    // Nothing attached: an interface of another kind in the bridge's name stops ADD only.
+    let impostor = [
+        "ip",
+        "link",
+        "add",
+        &bridge,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "impostor0",
+    ];
+    host.ns.exec(&impostor);
+    let msg = host.call("STATUS").conf(&host.conf()).run().err_code(50);
+    assert!(msg.contains(&bridge) && msg.contains("veth"), "{msg}");
+    host.ns.exec(&["ip", "link", "del", &bridge]);
+    host.call("STATUS").conf(&host.conf()).run().ok();
+
+    // With a container attached, the same fault cuts it off from its network too.
+    let c = host.attach("cut");
+    host.ns.exec(&["ip", "link", "del", &bridge]);
+    host.ns.exec(&impostor);
+    let msg = host.call("STATUS").conf(&host.conf()).run().err_code(51);
+    assert!(msg.contains("1 container(s)"), "{msg}");
+
+    host.ns.exec(&["ip", "link", "del", &bridge]);
+    host.call("STATUS").conf(&host.conf()).run().ok();
+    host.detach(&c);
+    host.assert_clean("after DEL");
+}
+
+/// A delegated IPAM plugin that speaks CNI 1.1 is asked for its STATUS and its answer passed
+/// on; one that does not (Debian's host-local) is taken as ready. No CNI 1.1 IPAM plugin is
+/// packaged here, so a script in a private `CNI_PATH` plays one.
+#[test]
+fn status_asks_a_delegated_ipam_plugin_that_speaks_1_1() {
+    let host = Host::new();
+    let host_local = host.conf_with(json!({
+        "cniVersion": "1.1.0",
+        "ipam": { "type": "host-local", "ranges": host.net.ranges(),
+                  "dataDir": host.tmp.path().join("host-local") },
+    }));
+    host.call("STATUS").conf(&host_local).run().ok();
+
+    let dir = host.tmp.path().join("cni-bin");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let script = dir.join("ipam-1-1");
+    let log = host.tmp.path().join("ipam-1-1.log");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+echo "$CNI_COMMAND" >> {log}
+case "$CNI_COMMAND" in
+VERSION) echo '{{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}}' ;;
+STATUS) cat > /dev/null; if [ -e {log}.down ]; then
+  echo '{{"cniVersion":"1.1.0","code":50,"msg":"lease server unreachable"}}'; exit 1; fi ;;
+*) exit 1 ;;
+esac
+"#,
+            log = log.display()
+        ),
+    )
+    .expect("write plugin");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let conf = host.conf_with(json!({ "cniVersion": "1.1.0", "ipam": { "type": "ipam-1-1" } }));
+    let path = dir.display().to_string();
+    let status = || {
+        host.call("STATUS")
+            .env("CNI_PATH", Some(&path))
+            .conf(&conf)
+            .run()
+    };
+
+    status().ok();
+    let asked = std::fs::read_to_string(&log).expect("plugin log");
+    assert_eq!(asked.lines().collect::<Vec<_>>(), ["VERSION", "STATUS"]);
+
+    std::fs::write(log.with_extension("log.down"), "").expect("touch");
+    let msg = status().err_code(50);
+    assert!(msg.contains("lease server unreachable"), "{msg}");
+}
+
+#[test]
 fn failed_add_leaves_nothing_behind() {
     let host = Host::new();
     let keep = host.attach("keep");
