@@ -77,17 +77,35 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
 
 /// Removes everything the attachment holds: NAT elements, links, addresses, the record.
 ///
-/// NAT goes first and its socket stays open until the end: the kernel finishes freeing the
-/// removed elements (an RCU grace period) while the veth is being unregistered (another), so
-/// the two waits overlap instead of adding up when the socket is closed.
+/// Deleting the veth pair costs the kernel an `rcu_barrier()` after the link is unlisted
+/// (~15 ms, most of a DEL), so it runs on its own thread while this one removes the NAT
+/// elements, releases the addresses and tells netd. The record goes last, once the links are
+/// gone: a DEL killed half-way leaves the record for the next DEL or GC to finish from.
+///
+/// The NAT socket stays open until the end: the kernel finishes freeing the removed elements
+/// (an RCU grace period) while the veth is being unregistered, so the two waits overlap
+/// instead of adding up when the socket is closed.
 pub fn teardown(ctx: &Ctx, att: &Attachment, scope: Scope) -> Result<(), Error> {
     let mut trace = Trace::start();
-    let nft = remove_nat(att)?;
-    trace.mark("nat");
-    remove_links(att, scope)?;
-    trace.mark("links");
-    release_addresses(ctx, att)?;
-    trace.mark("ipam");
+    let (links, nft, released) = std::thread::scope(|s| {
+        let links = s.spawn(|| remove_links(att, scope));
+        let nft = remove_nat(att);
+        trace.mark("nat");
+        // Addresses are released only once NAT no longer points at them.
+        let released = match &nft {
+            Ok(_) => release_addresses(ctx, att),
+            Err(_) => Ok(()),
+        };
+        trace.mark("ipam");
+        let links = links
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        trace.mark("links");
+        (links, nft, released)
+    });
+    let nft = nft?;
+    links?;
+    released?;
     ctx.dir.remove(&att.container_id, &att.ifname)?;
     drop(nft);
     trace.mark("record+close");
