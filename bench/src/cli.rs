@@ -27,6 +27,8 @@ options:
   --tools LIST       which tools to run: netd,reference         (default both)
   --conns N          concurrent connections of the load generator (default 8)
   --duration SECS    measured seconds per datapath run          (default 3)
+  --rounds N         datapath runs per path, interleaved across paths; the median run
+                     of each path is reported                   (default 3)
   --no-datapath      skip the datapath measurements
   --no-ipv6          disable IPv6 in every benchmark namespace (as Docker does for IPv4-only
                      networks): removes the kernel's per-port IPv6 multicast flood
@@ -75,6 +77,8 @@ pub struct Options {
     pub conns: usize,
     /// Measured time per datapath run.
     pub duration: Duration,
+    /// Datapath runs per path (interleaved; the median is reported).
+    pub rounds: usize,
     /// Whether to run the datapath measurements.
     pub datapath: bool,
     /// Whether the benchmark's namespaces keep IPv6 enabled (the kernel default).
@@ -93,6 +97,7 @@ impl Default for Options {
             tools: vec![Tool::Netd, Tool::Reference],
             conns: 8,
             duration: Duration::from_secs(3),
+            rounds: 3,
             datapath: true,
             ipv6: true,
         }
@@ -111,6 +116,7 @@ impl Options {
             o.window = 5;
             o.conns = 4;
             o.duration = Duration::from_millis(500);
+            o.rounds = 1;
         }
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
@@ -133,6 +139,7 @@ impl Options {
                         .ok_or(format!("--duration {v:?}: expected seconds in (0, 600]"))?;
                     o.duration = Duration::from_secs_f64(secs);
                 }
+                "--rounds" => o.rounds = parse_count("--rounds", &value("--rounds")?)?,
                 "--no-datapath" => o.datapath = false,
                 "--no-ipv6" => o.ipv6 = false,
                 other => return Err(format!("unknown option {other:?}")),

@@ -169,13 +169,14 @@ pub fn table(rows: &[Row], reports: &[ToolReport], opts: &Options) -> String {
     );
     let _ = writeln!(
         out,
-        "{} CPUs, kernel {}; window {} ADDs+DELs per size; datapath {} conns x {:.1} s; \
-         IPv6 in namespaces {}\n",
+        "{} CPUs, kernel {}; window {} ADDs+DELs per size; datapath {} conns x {:.1} s, \
+         median of {} interleaved runs; IPv6 in namespaces {}\n",
         cpus(),
         kernel(),
         opts.window,
         opts.conns,
         opts.duration.as_secs_f64(),
+        opts.rounds,
         if opts.ipv6 {
             "on (kernel default)"
         } else {

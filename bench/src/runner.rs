@@ -271,14 +271,11 @@ fn measure_datapath(
         warmup: WARMUP,
         duration: opts.duration,
     };
-    let mut measure = |what: &str, addr: SocketAddr, mode: Mode| -> Option<LoadResult> {
+    let measure = |what: &str, addr: SocketAddr, mode: Mode| -> Result<LoadResult, String> {
         if crate::guard::interrupted() {
-            return None;
+            return Err("interrupted".into());
         }
-        if let Err(e) = datapath::probe(host, addr) {
-            report.errors.push(format!("{what} ({addr}): {e}"));
-            return None;
-        }
+        datapath::probe(host, addr).map_err(|e| format!("{what} ({addr}): {e}"))?;
         let r = datapath::run(host, addr, load(mode));
         eprintln!(
             "        {what:<28} {addr:<22} {:>9.0}/s  p99 {:>7.0} µs  errors {}",
@@ -286,14 +283,49 @@ fn measure_datapath(
             r.latency_us.map_or(f64::NAN, |s| s.p99),
             r.errors
         );
-        Some(r)
+        Ok(r)
     };
-    report.rr_direct = measure("rr direct", direct, Mode::Rr);
-    report.rr_dnat = measure("rr via hostPort", dnat, Mode::Rr);
-    report.crr_direct = measure("crr direct", direct, Mode::Crr);
-    report.crr_dnat = measure("crr via hostPort (newest)", dnat, Mode::Crr);
-    report.crr_dnat_first = measure("crr via hostPort (oldest)", dnat_first, Mode::Crr);
+    // The paths take turns, round after round, so a slow spell of the machine hits them all
+    // alike; each path reports its median run.
+    let paths = [
+        ("rr direct", direct, Mode::Rr),
+        ("rr via hostPort", dnat, Mode::Rr),
+        ("crr direct", direct, Mode::Crr),
+        ("crr via hostPort (newest)", dnat, Mode::Crr),
+        ("crr via hostPort (oldest)", dnat_first, Mode::Crr),
+    ];
+    let mut runs: Vec<Vec<LoadResult>> = vec![Vec::new(); paths.len()];
+    let mut failed = vec![false; paths.len()];
+    for _ in 0..opts.rounds.max(1) {
+        for (i, (what, addr, mode)) in paths.iter().enumerate() {
+            if failed[i] {
+                continue;
+            }
+            match measure(what, *addr, *mode) {
+                Ok(r) => runs[i].push(r),
+                Err(e) => {
+                    failed[i] = true;
+                    if e != "interrupted" {
+                        report.errors.push(e);
+                    }
+                }
+            }
+        }
+    }
+    let mut medians = runs.into_iter().map(median_run);
+    report.rr_direct = medians.next().flatten();
+    report.rr_dnat = medians.next().flatten();
+    report.crr_direct = medians.next().flatten();
+    report.crr_dnat = medians.next().flatten();
+    report.crr_dnat_first = medians.next().flatten();
     report
+}
+
+/// The run with the median rate (the lower middle one of an even count).
+fn median_run(mut runs: Vec<LoadResult>) -> Option<LoadResult> {
+    runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let mid = runs.len().saturating_sub(1) / 2;
+    runs.into_iter().nth(mid)
 }
 
 /// Lets the machine settle before a tool starts: waits for earlier namespace teardown to end,
