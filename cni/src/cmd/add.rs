@@ -1,10 +1,14 @@
 //! ADD: attach a container to the network.
 //!
-//! Steps: record the intent → allocate addresses → ensure the bridge (and its gateway
-//! addresses) → create the veth pair with its peer directly in the container → wire the host end
-//! → address and route the container end → one nf_tables batch for masquerade, port maps and MAC
-//! checks → complete the record. Any failure undoes what this ADD did, leaving nothing
-//! half-configured (the record makes that true even if the plugin is killed).
+//! Steps: allocate addresses (built-in IPAM) → record the intent → ensure the bridge → create
+//! the veth pair with its peer directly in the container → wire the host end → run a delegated
+//! IPAM plugin → put the gateway addresses on the bridge → address and route the container end
+//! → one nf_tables batch for masquerade, port maps and MAC checks → complete the record. Any
+//! failure undoes what this ADD did, leaving nothing half-configured (the record makes that true
+//! even if the plugin is killed).
+//!
+//! A delegated IPAM plugin runs once the container's interface exists, as under the reference
+//! `bridge` plugin: `dhcp` sends its requests from that interface, so it cannot run earlier.
 
 use std::net::IpAddr;
 
@@ -93,21 +97,25 @@ fn attach(
 ) -> Result<CniResult, Error> {
     let conf = &ctx.conf;
     let mut trace = Trace::start();
-    // Addresses first: a plugin killed before the record below leaves only a reservation
-    // under this owner, which DEL and GC release by owner.
-    let mut result = allocate(ctx, att)?;
-    att.ips = result.ips.iter().map(|ip| ip.address).collect();
+    // Built-in addresses first: a plugin killed before the record below leaves only a
+    // reservation under this owner, which DEL and GC release by owner.
+    let builtin = allocate_builtin(ctx, att)?;
+    match &builtin {
+        Some(result) => record_addresses(ctx, att, result),
+        // A plugin missing from CNI_PATH fails the ADD before anything exists.
+        None => {
+            delegate::find(&ctx.ipam_conf()?.ipam_type, &ctx.env)?;
+        }
+    }
     let mac = attachment_mac(ctx, &att.container_id, &att.ifname)?;
     att.mac = Some(format_mac(mac));
-    if ctx.needs_nat() {
-        att.ports = port_maps(conf, &att.addrs());
-    }
-    // The record of everything about to be created, written before any of it is.
+    // The record of everything about to be created, written before any of it is (a delegated
+    // plugin's addresses are added below; DEL runs its DEL whether or not they are recorded).
     ctx.dir.save(att)?;
     trace.mark("ipam+record");
 
     let mut host = Netlink::open()?;
-    let bridge = setup_bridge(ctx, &mut host, &result, undo)?;
+    let bridge = setup_bridge(ctx, &mut host, undo)?;
     trace.mark("bridge");
     let veth = create_veth(&mut host, netns, att, mac, conf.mtu)?;
     setup_host_port(ctx, &mut host, &bridge, &veth)?;
@@ -115,6 +123,21 @@ fn attach(
         host.set_bandwidth(veth.index, &veth.name, bw)?;
     }
     trace.mark("veth");
+    let mut result = match builtin {
+        Some(result) => result,
+        None => {
+            let ipam = ctx.ipam_conf()?;
+            // Delegated plugins read static addresses from runtimeConfig/args/CNI_ARGS
+            // themselves.
+            let result = delegate::add(&ipam.ipam_type, &ctx.env, &ctx.raw)?;
+            record_addresses(ctx, att, &result);
+            ctx.dir.save(att)?;
+            trace.mark("delegated ipam");
+            result
+        }
+    };
+    setup_gateways(ctx, &mut host, &bridge, &result)?;
+    trace.mark("gateways");
     let container = setup_container(ctx, netns, &att.ifname, &mut result)?;
     trace.mark("container");
 
@@ -158,12 +181,11 @@ fn rollback(ctx: &Ctx, att: &Attachment, undo: &Undo) {
     }
 }
 
-/// Addresses and routes from the built-in allocator or the delegated plugin.
-fn allocate(ctx: &Ctx, att: &Attachment) -> Result<CniResult, Error> {
+/// Addresses and routes from the built-in allocator; `None` when IPAM is delegated.
+fn allocate_builtin(ctx: &Ctx, att: &Attachment) -> Result<Option<CniResult>, Error> {
     let ipam = ctx.ipam_conf()?;
     let Some(alloc) = ctx.builtin_ipam()? else {
-        // Delegated plugins read static addresses from runtimeConfig/args/CNI_ARGS themselves.
-        return delegate::add(&ipam.ipam_type, &ctx.env, &ctx.raw);
+        return Ok(None);
     };
     let requested = requested_ips(ctx)?;
     let allocations = alloc.allocate(&att.owner(), &requested)?;
@@ -175,19 +197,23 @@ fn allocate(ctx: &Ctx, att: &Attachment) -> Result<CniResult, Error> {
             interface: None,
         })
         .collect();
-    Ok(CniResult {
+    Ok(Some(CniResult {
         ips,
         routes: ipam.routes.clone(),
         ..CniResult::default()
-    })
+    }))
 }
 
-fn setup_bridge(
-    ctx: &Ctx,
-    host: &mut Netlink,
-    result: &CniResult,
-    undo: &mut Undo,
-) -> Result<Link, Error> {
+/// Puts the IPAM result's addresses, and the port maps over them, into the record.
+fn record_addresses(ctx: &Ctx, att: &mut Attachment, result: &CniResult) {
+    att.ips = result.ips.iter().map(|ip| ip.address).collect();
+    if ctx.needs_nat() {
+        att.ports = port_maps(&ctx.conf, &att.addrs());
+    }
+}
+
+/// Ensures the bridge exists, is up and has the network's VLAN and promiscuity settings.
+fn setup_bridge(ctx: &Ctx, host: &mut Netlink, undo: &mut Undo) -> Result<Link, Error> {
     let conf = &ctx.conf;
     let (bridge, created) =
         host.ensure_bridge(conf.bridge_name(), conf.mtu, conf.vlan.is_some())?;
@@ -209,12 +235,28 @@ fn setup_bridge(
             host.add_bridge_vlan(bridge.index, vid, true, true)?;
         }
     }
+    if conf.has_capability("portMappings") {
+        // Lets the host's own 127.0.0.1 reach published ports (DNAT to the bridge subnet).
+        let key = format!("net/ipv4/conf/{}/route_localnet", bridge.name);
+        link::set_sysctl(&key, "1").map_err(|e| Error::io(format!("cannot set {key}"), e))?;
+    }
+    Ok(bridge)
+}
+
+/// With `isGateway`, puts each range's gateway address on the bridge and enables forwarding.
+fn setup_gateways(
+    ctx: &Ctx,
+    host: &mut Netlink,
+    bridge: &Link,
+    result: &CniResult,
+) -> Result<(), Error> {
+    let conf = &ctx.conf;
     if conf.gateway_on_bridge() {
         for ip in &result.ips {
             if let Some(gw) = ip.gateway {
                 let gw_net = IpNet::new(gw, ip.address.prefix_len())
                     .map_err(|e| Error::Config(format!("gateway {gw}: {e}")))?;
-                ensure_gateway_address(ctx, host, &bridge, gw_net)?;
+                ensure_gateway_address(ctx, host, bridge, gw_net)?;
             }
         }
         if result.ips.iter().any(|ip| ip.address.addr().is_ipv4()) {
@@ -226,12 +268,7 @@ fn setup_bridge(
                 .map_err(|e| Error::io("cannot enable net.ipv6.conf.all.forwarding", e))?;
         }
     }
-    if conf.has_capability("portMappings") {
-        // Lets the host's own 127.0.0.1 reach published ports (DNAT to the bridge subnet).
-        let key = format!("net/ipv4/conf/{}/route_localnet", bridge.name);
-        link::set_sysctl(&key, "1").map_err(|e| Error::io(format!("cannot set {key}"), e))?;
-    }
-    Ok(bridge)
+    Ok(())
 }
 
 /// Puts the gateway address on the bridge. Another address of the same subnet is an error
