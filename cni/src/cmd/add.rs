@@ -7,8 +7,8 @@
 //! failure undoes what this ADD did, leaving nothing half-configured (the record makes that true
 //! even if the plugin is killed).
 //!
-//! A delegated IPAM plugin runs once the container's interface exists, as under the reference
-//! `bridge` plugin: `dhcp` sends its requests from that interface, so it cannot run earlier.
+//! A delegated IPAM plugin runs once the container's interface exists and is up, as a DHCP
+//! client expects: `dhcp` sends its requests from that interface, so it cannot run earlier.
 
 use std::net::IpAddr;
 
@@ -123,10 +123,12 @@ fn attach(
         host.set_bandwidth(veth.index, &veth.name, bw)?;
     }
     trace.mark("veth");
+    let delegated = builtin.is_none();
     let mut result = match builtin {
         Some(result) => result,
         None => {
             let ipam = ctx.ipam_conf()?;
+            up_for_delegated_ipam(netns, &att.ifname)?;
             // Delegated plugins read static addresses from runtimeConfig/args/CNI_ARGS
             // themselves.
             let result = delegate::add(&ipam.ipam_type, &ctx.env, &ctx.raw)?;
@@ -138,7 +140,7 @@ fn attach(
     };
     setup_gateways(ctx, &mut host, &bridge, &result)?;
     trace.mark("gateways");
-    let container = setup_container(ctx, netns, &att.ifname, &mut result)?;
+    let container = setup_container(ctx, netns, &att.ifname, &mut result, delegated)?;
     trace.mark("container");
 
     if ctx.needs_nat() {
@@ -406,33 +408,43 @@ fn setup_host_port(ctx: &Ctx, host: &mut Netlink, bridge: &Link, veth: &Link) ->
     Ok(())
 }
 
+/// Brings the container end up before a delegated IPAM plugin runs, as a DHCP client expects:
+/// dhcp's daemon opens its socket on the interface before anything else, and a socket opened
+/// on a down link fails the first request, which the daemon retries only 2-3 s later. IPv6 is
+/// off until the result shows whether the attachment has any (see [`setup_container`]), so an
+/// IPv4-only attachment never sends IPv6 chatter.
+fn up_for_delegated_ipam(netns: &NetNs, ifname: &str) -> Result<(), Error> {
+    set_ipv6_sysctl(netns, ifname, "disable_ipv6", "1")?;
+    let mut nl = Netlink::open_in(netns)?;
+    let link = container_link(&mut nl, netns, ifname)?;
+    nl.set_up(link.index)?;
+    Ok(())
+}
+
 /// Addresses, link state and routes inside the container; fills in route gateways.
+/// `delegated`: the link was brought up with IPv6 off for a delegated plugin.
 fn setup_container(
     ctx: &Ctx,
     netns: &NetNs,
     ifname: &str,
     result: &mut CniResult,
+    delegated: bool,
 ) -> Result<Link, Error> {
     let mut nl = Netlink::open_in(netns)?;
-    let link = nl.link_by_name(ifname)?.ok_or_else(|| {
-        Error::Link(LinkError::NotFound {
-            what: format!("{ifname} in {}", netns.path().display()),
-        })
-    })?;
+    let link = container_link(&mut nl, netns, ifname)?;
     let has_v6 = result.ips.iter().any(|ip| ip.address.addr().is_ipv6());
-    if !has_v6 || !ctx.conf.enabledad {
+    if !has_v6 {
         // No IPv6 on an IPv4-only attachment (no link-local address, no multicast chatter
-        // flooded to every port); otherwise no DAD unless asked for.
-        let (key, value) = if has_v6 {
-            (format!("net/ipv6/conf/{ifname}/accept_dad"), "0")
-        } else {
-            (format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")
-        };
-        netns
-            .run(|| link::set_sysctl(&key, value))
-            .and_then(|r| r)
-            .or_else(ignore_missing_ipv6)
-            .map_err(|e| Error::io(format!("cannot set {key} in the container"), e))?;
+        // flooded to every port).
+        set_ipv6_sysctl(netns, ifname, "disable_ipv6", "1")?;
+    } else {
+        // No DAD unless asked for.
+        if !ctx.conf.enabledad {
+            set_ipv6_sysctl(netns, ifname, "accept_dad", "0")?;
+        }
+        if delegated {
+            set_ipv6_sysctl(netns, ifname, "disable_ipv6", "0")?;
+        }
     }
     for ip in &result.ips {
         nl.add_address(link.index, ip.address, !ctx.conf.enabledad)?;
@@ -462,6 +474,25 @@ fn setup_container(
         nl.add_route(&entry)?;
     }
     Ok(nl.link_by_index(link.index)?.unwrap_or(link))
+}
+
+/// The container end of the veth, by name.
+fn container_link(nl: &mut Netlink, netns: &NetNs, ifname: &str) -> Result<Link, Error> {
+    nl.link_by_name(ifname)?.ok_or_else(|| {
+        Error::Link(LinkError::NotFound {
+            what: format!("{ifname} in {}", netns.path().display()),
+        })
+    })
+}
+
+/// Sets `net/ipv6/conf/<ifname>/<leaf>` inside the container (nothing to do without IPv6).
+fn set_ipv6_sysctl(netns: &NetNs, ifname: &str, leaf: &str, value: &str) -> Result<(), Error> {
+    let key = format!("net/ipv6/conf/{ifname}/{leaf}");
+    netns
+        .run(|| link::set_sysctl(&key, value))
+        .and_then(|r| r)
+        .or_else(ignore_missing_ipv6)
+        .map_err(|e| Error::io(format!("cannot set {key} in the container"), e))
 }
 
 fn iface(link: &Link, sandbox: Option<String>) -> Interface {
