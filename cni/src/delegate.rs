@@ -83,7 +83,8 @@ pub fn add(plugin: &str, env: &Env, conf: &Value) -> Result<CniResult, Error> {
     })
 }
 
-fn find(plugin: &str, env: &Env) -> Result<PathBuf, Error> {
+/// The plugin's path: the first `CNI_PATH` directory that has it.
+pub fn find(plugin: &str, env: &Env) -> Result<PathBuf, Error> {
     if env.path.is_empty() {
         return Err(Error::Env(format!(
             "CNI_PATH is not set, so the IPAM plugin {plugin:?} cannot be found"

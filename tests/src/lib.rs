@@ -16,6 +16,8 @@
 //! - [`net`]: traffic between namespaces (ping, TCP and UDP servers that report the peer's
 //!   address, clients), loopback or namespace-local addresses only.
 //! - [`nft`]: reading `nft -j list ruleset` (tests may exec `nft`; the plugin never does).
+//! - [`process::Background`]: a helper process (a DHCP server, a daemon) started inside a test
+//!   namespace, killed by PID on drop.
 //!
 //! Nothing here retries forever: every loop has a count and a deadline ([`poll`]).
 
@@ -27,6 +29,7 @@ pub mod ns;
 pub mod plugin;
 pub mod podman;
 pub mod poll;
+pub mod process;
 pub mod tmp;
 
 pub use conf::Network;

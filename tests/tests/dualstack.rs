@@ -103,3 +103,24 @@ fn ipv6_only_network() {
     host.detach(&b);
     host.assert_clean("after DEL on an IPv6-only network");
 }
+
+#[test]
+fn delegated_host_local_dual_stack() {
+    // A delegated plugin runs with the container's interface up and IPv6 off; an IPv6 address
+    // in its result turns IPv6 back on, and the address carries traffic.
+    let host = Host::with(|n| n.dual_stack());
+    let dir = host.tmp.join("host-local");
+    let conf = host.conf_with(serde_json::json!({
+        "ipam": { "type": "host-local", "ranges": host.net.ranges(), "dataDir": dir },
+    }));
+    let a = host.attach_with("a", &conf);
+    let b = host.attach_with("b", &conf);
+    assert_eq!(a.ips().len(), 2, "{}", a.result);
+    assert_eq!(a.ns.sysctl("net/ipv6/conf/eth0/disable_ipv6"), "0");
+    assert!(a.ns.addrs("eth0").contains(&format!("{}/64", a.ip6())));
+    assert!(ping(&a.ns, host.net.gateway6()), "container → IPv6 gateway");
+    assert!(ping(&a.ns, b.ip6().into()), "container → container");
+    host.detach(&a);
+    host.detach(&b);
+    host.assert_clean("after DEL of delegated dual-stack containers");
+}

@@ -1,10 +1,14 @@
 //! ADD: attach a container to the network.
 //!
-//! Steps: record the intent → allocate addresses → ensure the bridge (and its gateway
-//! addresses) → create the veth pair with its peer directly in the container → wire the host end
-//! → address and route the container end → one nf_tables batch for masquerade, port maps and MAC
-//! checks → complete the record. Any failure undoes what this ADD did, leaving nothing
-//! half-configured (the record makes that true even if the plugin is killed).
+//! Steps: allocate addresses (built-in IPAM) → record the intent → ensure the bridge → create
+//! the veth pair with its peer directly in the container → wire the host end → run a delegated
+//! IPAM plugin → put the gateway addresses on the bridge → address and route the container end
+//! → one nf_tables batch for masquerade, port maps and MAC checks → complete the record. Any
+//! failure undoes what this ADD did, leaving nothing half-configured (the record makes that true
+//! even if the plugin is killed).
+//!
+//! A delegated IPAM plugin runs once the container's interface exists and is up, as a DHCP
+//! client expects: `dhcp` sends its requests from that interface, so it cannot run earlier.
 
 use std::net::IpAddr;
 
@@ -93,21 +97,25 @@ fn attach(
 ) -> Result<CniResult, Error> {
     let conf = &ctx.conf;
     let mut trace = Trace::start();
-    // Addresses first: a plugin killed before the record below leaves only a reservation
-    // under this owner, which DEL and GC release by owner.
-    let mut result = allocate(ctx, att)?;
-    att.ips = result.ips.iter().map(|ip| ip.address).collect();
+    // Built-in addresses first: a plugin killed before the record below leaves only a
+    // reservation under this owner, which DEL and GC release by owner.
+    let builtin = allocate_builtin(ctx, att)?;
+    match &builtin {
+        Some(result) => record_addresses(ctx, att, result),
+        // A plugin missing from CNI_PATH fails the ADD before anything exists.
+        None => {
+            delegate::find(&ctx.ipam_conf()?.ipam_type, &ctx.env)?;
+        }
+    }
     let mac = attachment_mac(ctx, &att.container_id, &att.ifname)?;
     att.mac = Some(format_mac(mac));
-    if ctx.needs_nat() {
-        att.ports = port_maps(conf, &att.addrs());
-    }
-    // The record of everything about to be created, written before any of it is.
+    // The record of everything about to be created, written before any of it is (a delegated
+    // plugin's addresses are added below; DEL runs its DEL whether or not they are recorded).
     ctx.dir.save(att)?;
     trace.mark("ipam+record");
 
     let mut host = Netlink::open()?;
-    let bridge = setup_bridge(ctx, &mut host, &result, undo)?;
+    let bridge = setup_bridge(ctx, &mut host, undo)?;
     trace.mark("bridge");
     let veth = create_veth(&mut host, netns, att, mac, conf.mtu)?;
     setup_host_port(ctx, &mut host, &bridge, &veth)?;
@@ -115,7 +123,24 @@ fn attach(
         host.set_bandwidth(veth.index, &veth.name, bw)?;
     }
     trace.mark("veth");
-    let container = setup_container(ctx, netns, &att.ifname, &mut result)?;
+    let delegated = builtin.is_none();
+    let mut result = match builtin {
+        Some(result) => result,
+        None => {
+            let ipam = ctx.ipam_conf()?;
+            up_for_delegated_ipam(netns, &att.ifname)?;
+            // Delegated plugins read static addresses from runtimeConfig/args/CNI_ARGS
+            // themselves.
+            let result = delegate::add(&ipam.ipam_type, &ctx.env, &ctx.raw)?;
+            record_addresses(ctx, att, &result);
+            ctx.dir.save(att)?;
+            trace.mark("delegated ipam");
+            result
+        }
+    };
+    setup_gateways(ctx, &mut host, &bridge, &result)?;
+    trace.mark("gateways");
+    let container = setup_container(ctx, netns, &att.ifname, &mut result, delegated)?;
     trace.mark("container");
 
     if ctx.needs_nat() {
@@ -158,12 +183,11 @@ fn rollback(ctx: &Ctx, att: &Attachment, undo: &Undo) {
     }
 }
 
-/// Addresses and routes from the built-in allocator or the delegated plugin.
-fn allocate(ctx: &Ctx, att: &Attachment) -> Result<CniResult, Error> {
+/// Addresses and routes from the built-in allocator; `None` when IPAM is delegated.
+fn allocate_builtin(ctx: &Ctx, att: &Attachment) -> Result<Option<CniResult>, Error> {
     let ipam = ctx.ipam_conf()?;
     let Some(alloc) = ctx.builtin_ipam()? else {
-        // Delegated plugins read static addresses from runtimeConfig/args/CNI_ARGS themselves.
-        return delegate::add(&ipam.ipam_type, &ctx.env, &ctx.raw);
+        return Ok(None);
     };
     let requested = requested_ips(ctx)?;
     let allocations = alloc.allocate(&att.owner(), &requested)?;
@@ -175,19 +199,23 @@ fn allocate(ctx: &Ctx, att: &Attachment) -> Result<CniResult, Error> {
             interface: None,
         })
         .collect();
-    Ok(CniResult {
+    Ok(Some(CniResult {
         ips,
         routes: ipam.routes.clone(),
         ..CniResult::default()
-    })
+    }))
 }
 
-fn setup_bridge(
-    ctx: &Ctx,
-    host: &mut Netlink,
-    result: &CniResult,
-    undo: &mut Undo,
-) -> Result<Link, Error> {
+/// Puts the IPAM result's addresses, and the port maps over them, into the record.
+fn record_addresses(ctx: &Ctx, att: &mut Attachment, result: &CniResult) {
+    att.ips = result.ips.iter().map(|ip| ip.address).collect();
+    if ctx.needs_nat() {
+        att.ports = port_maps(&ctx.conf, &att.addrs());
+    }
+}
+
+/// Ensures the bridge exists, is up and has the network's VLAN and promiscuity settings.
+fn setup_bridge(ctx: &Ctx, host: &mut Netlink, undo: &mut Undo) -> Result<Link, Error> {
     let conf = &ctx.conf;
     let (bridge, created) =
         host.ensure_bridge(conf.bridge_name(), conf.mtu, conf.vlan.is_some())?;
@@ -209,12 +237,28 @@ fn setup_bridge(
             host.add_bridge_vlan(bridge.index, vid, true, true)?;
         }
     }
+    if conf.has_capability("portMappings") {
+        // Lets the host's own 127.0.0.1 reach published ports (DNAT to the bridge subnet).
+        let key = format!("net/ipv4/conf/{}/route_localnet", bridge.name);
+        link::set_sysctl(&key, "1").map_err(|e| Error::io(format!("cannot set {key}"), e))?;
+    }
+    Ok(bridge)
+}
+
+/// With `isGateway`, puts each range's gateway address on the bridge and enables forwarding.
+fn setup_gateways(
+    ctx: &Ctx,
+    host: &mut Netlink,
+    bridge: &Link,
+    result: &CniResult,
+) -> Result<(), Error> {
+    let conf = &ctx.conf;
     if conf.gateway_on_bridge() {
         for ip in &result.ips {
             if let Some(gw) = ip.gateway {
                 let gw_net = IpNet::new(gw, ip.address.prefix_len())
                     .map_err(|e| Error::Config(format!("gateway {gw}: {e}")))?;
-                ensure_gateway_address(ctx, host, &bridge, gw_net)?;
+                ensure_gateway_address(ctx, host, bridge, gw_net)?;
             }
         }
         if result.ips.iter().any(|ip| ip.address.addr().is_ipv4()) {
@@ -226,12 +270,7 @@ fn setup_bridge(
                 .map_err(|e| Error::io("cannot enable net.ipv6.conf.all.forwarding", e))?;
         }
     }
-    if conf.has_capability("portMappings") {
-        // Lets the host's own 127.0.0.1 reach published ports (DNAT to the bridge subnet).
-        let key = format!("net/ipv4/conf/{}/route_localnet", bridge.name);
-        link::set_sysctl(&key, "1").map_err(|e| Error::io(format!("cannot set {key}"), e))?;
-    }
-    Ok(bridge)
+    Ok(())
 }
 
 /// Puts the gateway address on the bridge. Another address of the same subnet is an error
@@ -369,33 +408,43 @@ fn setup_host_port(ctx: &Ctx, host: &mut Netlink, bridge: &Link, veth: &Link) ->
     Ok(())
 }
 
+/// Brings the container end up before a delegated IPAM plugin runs, as a DHCP client expects:
+/// dhcp's daemon opens its socket on the interface before anything else, and a socket opened
+/// on a down link fails the first request, which the daemon retries only 2-3 s later. IPv6 is
+/// off until the result shows whether the attachment has any (see [`setup_container`]), so an
+/// IPv4-only attachment never sends IPv6 chatter.
+fn up_for_delegated_ipam(netns: &NetNs, ifname: &str) -> Result<(), Error> {
+    set_ipv6_sysctl(netns, ifname, "disable_ipv6", "1")?;
+    let mut nl = Netlink::open_in(netns)?;
+    let link = container_link(&mut nl, netns, ifname)?;
+    nl.set_up(link.index)?;
+    Ok(())
+}
+
 /// Addresses, link state and routes inside the container; fills in route gateways.
+/// `delegated`: the link was brought up with IPv6 off for a delegated plugin.
 fn setup_container(
     ctx: &Ctx,
     netns: &NetNs,
     ifname: &str,
     result: &mut CniResult,
+    delegated: bool,
 ) -> Result<Link, Error> {
     let mut nl = Netlink::open_in(netns)?;
-    let link = nl.link_by_name(ifname)?.ok_or_else(|| {
-        Error::Link(LinkError::NotFound {
-            what: format!("{ifname} in {}", netns.path().display()),
-        })
-    })?;
+    let link = container_link(&mut nl, netns, ifname)?;
     let has_v6 = result.ips.iter().any(|ip| ip.address.addr().is_ipv6());
-    if !has_v6 || !ctx.conf.enabledad {
+    if !has_v6 {
         // No IPv6 on an IPv4-only attachment (no link-local address, no multicast chatter
-        // flooded to every port); otherwise no DAD unless asked for.
-        let (key, value) = if has_v6 {
-            (format!("net/ipv6/conf/{ifname}/accept_dad"), "0")
-        } else {
-            (format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")
-        };
-        netns
-            .run(|| link::set_sysctl(&key, value))
-            .and_then(|r| r)
-            .or_else(ignore_missing_ipv6)
-            .map_err(|e| Error::io(format!("cannot set {key} in the container"), e))?;
+        // flooded to every port).
+        set_ipv6_sysctl(netns, ifname, "disable_ipv6", "1")?;
+    } else {
+        // No DAD unless asked for.
+        if !ctx.conf.enabledad {
+            set_ipv6_sysctl(netns, ifname, "accept_dad", "0")?;
+        }
+        if delegated {
+            set_ipv6_sysctl(netns, ifname, "disable_ipv6", "0")?;
+        }
     }
     for ip in &result.ips {
         nl.add_address(link.index, ip.address, !ctx.conf.enabledad)?;
@@ -425,6 +474,25 @@ fn setup_container(
         nl.add_route(&entry)?;
     }
     Ok(nl.link_by_index(link.index)?.unwrap_or(link))
+}
+
+/// The container end of the veth, by name.
+fn container_link(nl: &mut Netlink, netns: &NetNs, ifname: &str) -> Result<Link, Error> {
+    nl.link_by_name(ifname)?.ok_or_else(|| {
+        Error::Link(LinkError::NotFound {
+            what: format!("{ifname} in {}", netns.path().display()),
+        })
+    })
+}
+
+/// Sets `net/ipv6/conf/<ifname>/<leaf>` inside the container (nothing to do without IPv6).
+fn set_ipv6_sysctl(netns: &NetNs, ifname: &str, leaf: &str, value: &str) -> Result<(), Error> {
+    let key = format!("net/ipv6/conf/{ifname}/{leaf}");
+    netns
+        .run(|| link::set_sysctl(&key, value))
+        .and_then(|r| r)
+        .or_else(ignore_missing_ipv6)
+        .map_err(|e| Error::io(format!("cannot set {key} in the container"), e))
 }
 
 fn iface(link: &Link, sandbox: Option<String>) -> Interface {
