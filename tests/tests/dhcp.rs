@@ -26,11 +26,10 @@
 //! - The daemon sends its requests from `CNI_IFNAME` inside `CNI_NETNS`, so the interface must
 //!   exist when the IPAM plugin runs; netd-cni used to run it before creating the veth (fixed:
 //!   ADD now runs a delegated plugin after the veth, as the reference `bridge` does).
-//! - DEL: netd-cni removes the veth before running the IPAM plugin's DEL (as the reference
-//!   `bridge` 1.1.1 does, containernetworking/plugins#791), so the daemon forgets the lease but
-//!   cannot send the DHCPRELEASE ("no such device") and the server keeps the lease until it
-//!   expires. [`dhcp_del_releases_the_lease`] asserts the release and is ignored until
-//!   `teardown` in `cni/src/cmd/del.rs` runs a delegated DEL before removing the links.
+//! - DEL: netd-cni runs a delegated IPAM plugin's DEL before removing the veth, so the daemon
+//!   sends its DHCPRELEASE from the interface and the server frees the lease at once (the
+//!   reference `bridge` 1.1.1 removes the veth first, containernetworking/plugins#791, and the
+//!   server keeps the lease until it expires). [`dhcp_del_releases_the_lease`] asserts it.
 //! - The daemon opens its packet socket on the interface before it brings a down interface up,
 //!   and a socket opened on a down link fails its first request ("network is down"), retried
 //!   2-3 s later. netd-cni now brings the container's interface up (IPv6 off until the result
@@ -313,9 +312,6 @@ fn dhcp_leases_from_a_real_server() {
 }
 
 #[test]
-#[ignore = "DEL removes the veth before the dhcp DEL, so the daemon cannot send DHCPRELEASE \
-            (\"no such device\"): teardown in cni/src/cmd/del.rs must run a delegated DEL \
-            before removing the links"]
 fn dhcp_del_releases_the_lease() {
     // One address in the pool: a second container can only get it once the first let it go.
     let only = (60, 60);

@@ -79,7 +79,8 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
 ///
 /// Deleting the veth pair costs the kernel an `rcu_barrier()` after the link is unlisted
 /// (~15 ms, most of a DEL), so it runs on its own thread while this one removes the NAT
-/// elements, releases the addresses and tells netd. The record goes last, once the links are
+/// elements and releases built-in addresses. A delegated IPAM plugin is called before, while
+/// the interface still exists (dhcp releases its lease from it). The record goes last, once the links are
 /// gone: a DEL killed half-way leaves the record for the next DEL or GC to finish from.
 ///
 /// The NAT socket stays open until the end: the kernel finishes freeing the removed elements
@@ -87,14 +88,21 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
 /// instead of adding up when the socket is closed.
 pub fn teardown(ctx: &Ctx, att: &Attachment, scope: Scope) -> Result<(), Error> {
     let mut trace = Trace::start();
+    // A delegated plugin's DEL runs while the container's interface still exists: dhcp sends
+    // its DHCPRELEASE from it. The network lock keeps any ADD from taking the address meanwhile.
+    let delegated = ctx.builtin_ipam()?.is_none();
+    if delegated {
+        release_addresses(ctx, att)?;
+        trace.mark("ipam");
+    }
     let (links, nft, released) = std::thread::scope(|s| {
         let links = s.spawn(|| remove_links(att, scope));
         let nft = remove_nat(att);
         trace.mark("nat");
         // Addresses are released only once NAT no longer points at them.
         let released = match &nft {
-            Ok(_) => release_addresses(ctx, att),
-            Err(_) => Ok(()),
+            Ok(_) if !delegated => release_addresses(ctx, att),
+            _ => Ok(()),
         };
         trace.mark("ipam");
         let links = links

@@ -40,10 +40,12 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
     let bridge = ctx.conf.bridge_name();
     let link = Netlink::open().and_then(|mut nl| nl.link_by_name(bridge));
     match link {
-        Ok(Some(link)) if link.kind.as_deref() != Some("bridge") => return damaged(format!(
+        Ok(Some(link)) if link.kind.as_deref() != Some("bridge") => {
+            return damaged(format!(
             "interface {bridge} is a {}, not a bridge: remove it or set \"bridge\" to another name",
             link.kind.as_deref().unwrap_or("device of unknown kind")
-        )),
+        ))
+        }
         Ok(_) => {}
         Err(e) => return unavailable(format!("rtnetlink is not usable: {e}")),
     }

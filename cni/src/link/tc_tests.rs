@@ -508,12 +508,17 @@ fn transfer(from: &NetNs, to: &NetNs, to_addr: SocketAddr, len: usize) -> Durati
     start.elapsed()
 }
 
-/// 512 KiB at 1 Mbit/s takes about 4.2 s; unshaped, milliseconds. The bounds are loose on
-/// purpose: this proves the shaping acts on the data path, not its precision.
+/// 512 KiB at 1 Mbit/s cannot take less than about 4 s (the 16 KiB burst aside); unshaped, it
+/// takes milliseconds. Only the physical lower bound and the comparison are asserted — a busy
+/// machine slows both transfers, never speeds the shaped one up: this proves the shaping acts
+/// on the data path, not its precision.
 fn assert_shaped(direction: &str, unshaped: Duration, shaped: Duration) {
     eprintln!("{direction}: 512 KiB unshaped in {unshaped:?}, at 1 Mbit/s in {shaped:?}");
-    assert!(unshaped < Duration::from_secs(1), "{unshaped:?}");
     assert!(shaped > Duration::from_secs(2), "{shaped:?}");
+    assert!(
+        shaped > unshaped * 2,
+        "unshaped {unshaped:?}, shaped {shaped:?}"
+    );
     assert!(shaped < Duration::from_secs(30), "{shaped:?}");
 }
 
