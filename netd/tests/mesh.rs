@@ -434,7 +434,7 @@ fn sidecar_ignoring_sigterm_is_killed_after_the_bound() {
 }
 
 #[test]
-fn restarted_netd_adopts_sidecars_and_a_stopped_netd_leaves_nothing() {
+fn sidecars_outlive_a_crashed_or_stopped_netd_and_are_adopted() {
     let stand_in = StandIn::new();
     let ctr = Ctr::new();
     let ctr2 = Ctr::new();
@@ -482,7 +482,26 @@ fn restarted_netd_adopts_sidecars_and_a_stopped_netd_leaves_nothing() {
         running(&client, "c1", &ctr).await;
     });
 
-    // A normal stop: every sidecar stopped, every rule and pidfile removed.
+    // A normal stop (a restart, an upgrade) leaves the sidecars serving, rules and pidfiles
+    // in place; the next netd adopts them again.
+    let pid = rt.block_on(running(&client, "c1", &ctr));
+    d.signal(libc::SIGTERM);
+    assert!(
+        d.wait_exit(WAIT).is_some_and(|s| s.success()),
+        "{}",
+        d.log()
+    );
+    assert_eq!(ctr.procs(), [pid], "{}", d.log());
+    assert_eq!(ctr2.procs(), [pid2]);
+    assert!(ctr.intercepting() && ctr2.intercepting());
+    d.up_args.push("--stop-sidecars-on-exit".into());
+    d.spawn();
+    rt.block_on(async {
+        assert_eq!(running(&client, "c1", &ctr).await, pid);
+        assert_eq!(running(&client, "c2", &ctr2).await, pid2);
+    });
+
+    // With --stop-sidecars-on-exit: every sidecar stopped, every rule and pidfile removed.
     d.signal(libc::SIGTERM);
     assert!(
         d.wait_exit(WAIT).is_some_and(|s| s.success()),

@@ -62,6 +62,8 @@ fn run() -> Res<()> {
             .arg("--cni-conf-dir")
             .arg(dir.join("cni"))
             .args(["--node", "demo"])
+            // A throwaway run: its sidecars end with it.
+            .arg("--stop-sidecars-on-exit")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::create(dir.join("netd.err"))?)

@@ -98,6 +98,10 @@ pub struct Args {
     /// Destinations (CIDR) that meshed containers reach directly. Repeatable.
     #[arg(long = "mesh-exclude-cidr", value_name = "CIDR")]
     pub mesh_exclude_cidrs: Vec<IpNet>,
+    /// On a normal stop, also stop every sidecar and remove its interception (by default they
+    /// keep serving from their last snapshot, and the next netd adopts them).
+    #[arg(long)]
+    pub stop_sidecars_on_exit: bool,
     /// Seconds a sidecar may drain on stop (its --drain-timeout); SIGKILL 2 s after that.
     #[arg(long, default_value_t = mesh::DEFAULT_SIDECAR_DRAIN.as_secs(), value_name = "SECONDS")]
     pub sidecar_drain_timeout: u64,
@@ -158,6 +162,7 @@ pub async fn run(socket: &Path, args: Args) -> Result<(), CliError> {
                 ..InterceptSpec::default()
             },
             network_dns: !args.no_network_dns,
+            stop_sidecars_on_exit: args.stop_sidecars_on_exit,
         }),
     })
     .await?;

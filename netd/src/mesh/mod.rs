@@ -13,8 +13,10 @@
 //! Restarts: sidecars outlive a netd that crashes (own process group, no parent-death
 //! signal), so the mesh keeps serving; the next netd adopts them through their pidfiles in
 //! [`MeshOptions::state_dir`] ([`process`]) instead of starting duplicates, and stops those
-//! whose attachment is gone. A netd that stops normally (SIGTERM, ctrl-c) stops every sidecar
-//! and removes every rule first: nothing is left behind.
+//! whose attachment is gone. A netd that stops normally (SIGTERM, ctrl-c) leaves its sidecars
+//! serving the same way, so a restart or an upgrade of netd never interrupts meshed traffic;
+//! with [`MeshOptions::stop_sidecars_on_exit`] it stops every sidecar and removes every rule
+//! first: nothing is left behind.
 //!
 //! [`probe`] drives the mesh like an unmodified application (demo and tests).
 //!
@@ -36,7 +38,7 @@ use tokio::task::JoinHandle;
 
 use self::process::{PidFile, Proc};
 use self::status::SidecarStatus;
-use self::supervisor::{Shared, Target};
+use self::supervisor::{Order, Shared, Target};
 use crate::api::drained;
 use crate::registry::model::Snapshot;
 use crate::registry::Registry;
@@ -72,6 +74,9 @@ pub struct MeshOptions {
     /// Interception settings for every sidecar (ports, mark, exclusions); each attachment's
     /// addresses are filled in per sidecar.
     pub intercept: netd_cni::nat::intercept::InterceptSpec,
+    /// Whether a netd that stops normally stops its sidecars and removes their rules (else
+    /// they keep serving, to be adopted by the next netd).
+    pub stop_sidecars_on_exit: bool,
     /// netd answers DNS on each network's gateway: sidecars forward the names they do not
     /// own there (`--upstream-dns <gateway>:53`), since interception sends the container's
     /// port-53 traffic to its sidecar. Without it sidecars answer only the mesh's names.
@@ -122,8 +127,8 @@ impl MeshHandle {
     }
 }
 
-/// Starts the mesh reconciler; it ends when `drain` turns true, after every sidecar is
-/// stopped and its rules removed.
+/// Starts the mesh reconciler; it ends when `drain` turns true, after every sidecar is left
+/// serving or (with [`MeshOptions::stop_sidecars_on_exit`]) stopped and its rules removed.
 pub fn start(
     registry: Arc<Registry>,
     opts: MeshOptions,
@@ -161,7 +166,7 @@ pub fn targets(snap: &Snapshot) -> BTreeMap<String, Target> {
 /// A supervisor task and how to stop it.
 struct Running {
     target: Target,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Order>,
     task: JoinHandle<()>,
 }
 
@@ -196,7 +201,7 @@ async fn run(
             .collect();
         for key in gone {
             if let Some(r) = running.remove(&key) {
-                let _ = r.stop.send(true);
+                let _ = r.stop.send(Order::Stop);
                 if want.contains_key(&key) {
                     replaced.insert(key, r.task);
                 } else {
@@ -209,7 +214,7 @@ async fn run(
                 continue;
             }
             let status = supervisor::new_status(t);
-            let (stop, stop_rx) = watch::channel(false);
+            let (stop, stop_rx) = watch::channel(Order::Supervise);
             let task = tokio::spawn(supervisor::supervise(
                 t.clone(),
                 opts.clone(),
@@ -238,9 +243,15 @@ async fn run(
             _ = drained(&mut drain) => break,
         }
     }
-    // Shutdown: stop every sidecar at once, then wait for all of them.
+    // Shutdown: leave every sidecar serving, or stop them all at once; then wait for all of
+    // their supervisors.
+    let order = if opts.stop_sidecars_on_exit {
+        Order::Stop
+    } else {
+        Order::Leave
+    };
     for r in running.values() {
-        let _ = r.stop.send(true);
+        let _ = r.stop.send(order);
     }
     for (_, r) in running {
         let _ = r.task.await;

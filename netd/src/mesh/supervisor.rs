@@ -169,22 +169,35 @@ async fn blocking(f: impl FnOnce() -> Result<(), String> + Send + 'static) -> Re
         .unwrap_or_else(|e| Err(format!("rules task failed: {e}")))
 }
 
-/// Sleeps `d` unless `stop` turns true first; returns true when stopped.
-async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+/// What a supervisor is told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Keep the sidecar running (restart it when it exits).
+    Supervise,
+    /// Stop the sidecar and remove its rules (its attachment is gone or changed).
+    Stop,
+    /// netd is exiting and leaves the sidecar serving: process, rules and pidfile stay for the
+    /// next netd to adopt.
+    Leave,
+}
+
+/// Sleeps `d` unless an order other than [`Order::Supervise`] comes first; returns true then.
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<Order>) -> bool {
     tokio::select! {
         () = tokio::time::sleep(d) => false,
-        _ = stop.wait_for(|s| *s) => true,
+        _ = stop.wait_for(|o| *o != Order::Supervise) => true,
     }
 }
 
-/// Supervises the sidecar of `t` until `stop` turns true (or its sender is dropped), then
-/// stops it and removes its rules. `before` is the task of a sidecar this one replaces (same
-/// attachment, changed namespace or addresses): it is awaited first so the two never overlap.
+/// Supervises the sidecar of `t` until `stop` says otherwise (a dropped sender counts as
+/// [`Order::Stop`]), then stops it and removes its rules, or, on [`Order::Leave`], leaves it
+/// serving. `before` is the task of a sidecar this one replaces (same attachment, changed
+/// namespace or addresses): it is awaited first so the two never overlap.
 pub async fn supervise(
     t: Target,
     opts: Arc<MeshOptions>,
     status: Shared,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Order>,
     before: Option<tokio::task::JoinHandle<()>>,
 ) {
     if let Some(b) = before {
@@ -231,6 +244,18 @@ pub async fn supervise(
     if !stopped {
         proc = run(&t, &opts, &status, &mut stop, proc, &pidfile).await;
     }
+    if *stop.borrow() == Order::Leave {
+        // The rules stay even without a process (between restarts): the application's
+        // connections never bypass the mesh, and the next netd starts a sidecar.
+        if let Some(p) = proc {
+            crate::log(&format!(
+                "sidecar {key}: left running for the next netd (pid {})",
+                p.pid().unwrap_or(0)
+            ));
+            drop(p); // not killed on drop: it runs on, and is re-parented
+        }
+        return;
+    }
     update(&status, |s| s.state = SidecarState::Stopping);
     if let Some(mut p) = proc {
         let how = p.terminate(opts.stop_bound()).await;
@@ -251,7 +276,7 @@ async fn run(
     t: &Target,
     opts: &MeshOptions,
     status: &Shared,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut watch::Receiver<Order>,
     mut proc: Option<Proc>,
     pidfile: &Path,
 ) -> Option<Proc> {
@@ -292,7 +317,7 @@ async fn run(
         let started = Instant::now();
         let exited = tokio::select! {
             how = p.wait() => Some(how),
-            _ = stop.wait_for(|s| *s) => None,
+            _ = stop.wait_for(|o| *o != Order::Supervise) => None,
         };
         let Some(how) = exited else {
             return Some(p);
@@ -361,6 +386,7 @@ mod tests {
             backoff_max: Duration::from_secs(30),
             intercept: InterceptSpec::default(),
             network_dns: false,
+            stop_sidecars_on_exit: false,
         };
         let mut t = Target {
             container_id: "abc".into(),
