@@ -2,34 +2,49 @@
 //! [`Snapshot`](crate::Snapshot) and a [`Forwarder`], and the UDP/TCP listeners that feed it.
 //!
 //! Per query the handler loads the snapshot (lock-free), asks [`answer`](mod@crate::answer) and
-//! either writes the precomputed records straight into the response (authoritative, no
-//! allocation of its own) or awaits the forwarder (answers SERVFAIL when it fails). Malformed
-//! packets are hickory's business: it answers FORMERR when it can read a header and drops the
-//! rest, so a garbage datagram never reaches this code nor stops the listener.
+//! either writes the precomputed records straight into the response (authoritative) or awaits
+//! the forwarder (answers SERVFAIL when it fails).
+//!
+//! TCP is hickory-server's listener. UDP is this module's own loop over hickory's request
+//! parsing and response encoding: hickory-server's UDP listener zeroes a 4 KiB buffer, spawns a
+//! task and sends through a channel for every datagram, while most queries here are answered
+//! from memory at once: under callgrind, 18.6k instructions per query through hickory's
+//! listener, 7.4k through this one (1000 names, 10% unknown). The loop drains the
+//! socket whenever it is readable, answers netd's names inline from reused buffers, and hands
+//! other names to a task that awaits the forwarder. Malformed packets get FORMERR when a header
+//! can be read and are dropped otherwise; a response is never answered (no reflection), so a
+//! garbage datagram never stops the listener.
 //!
 //! This module owns sockets and lifecycle only; it does not decide answers and does not know
 //! where snapshots or upstreams come from.
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::Record;
-use hickory_server::net::runtime::Time;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use hickory_server::net::runtime::{Time, TokioTime};
+use hickory_server::net::xfer::Protocol;
 use hickory_server::net::NetError;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinSet;
 
 use crate::answer::{answer, Answer};
 use crate::forward::{ForwardOptions, Forwarder, Transport};
-use crate::snapshot::SnapshotHandle;
+use crate::snapshot::{Snapshot, SnapshotHandle};
 
 const NO_RECORDS: &[Record] = &[];
+
+/// Largest datagram read: a query is far smaller, and anything longer than this is truncated
+/// by the kernel and then fails to parse (FORMERR), as with hickory's own 4096-byte buffer.
+const MAX_DATAGRAM: usize = 4096;
 
 /// How often binding TCP on the port the kernel picked for UDP is retried when that port is
 /// taken for TCP (only when both are asked on port 0).
@@ -99,6 +114,8 @@ pub enum ServerError {
 /// A bound DNS server; [`DnsServer::serve`] runs it.
 pub struct DnsServer {
     server: Server<Handler>,
+    udp: Arc<UdpSocket>,
+    handler: Handler,
     addrs: ListenAddrs,
     forwarder: Arc<Forwarder>,
     shutdown_timeout: Duration,
@@ -213,8 +230,7 @@ impl DnsServer {
             forwarder: forwarder.clone(),
             max_udp_payload: options.max_udp_payload.max(512),
         };
-        let mut server = Server::new(handler);
-        server.register_socket(udp_socket);
+        let mut server = Server::new(handler.clone());
         server.register_listener(
             tcp_listener,
             options.tcp_idle_timeout,
@@ -222,6 +238,8 @@ impl DnsServer {
         );
         Self {
             server,
+            udp: Arc::new(udp_socket),
+            handler,
             addrs,
             forwarder,
             shutdown_timeout: options.shutdown_timeout,
@@ -243,19 +261,29 @@ impl DnsServer {
     /// error if a listener dies.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let mut server = self.server;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let udp = serve_udp(self.udp, self.handler, stopped);
+        tokio::pin!(udp);
         let ended = tokio::select! {
-            result = server.block_until_done() => Some(result),
+            result = server.block_until_done() => Some(result.map_err(ServerError::Stopped)),
+            result = &mut udp => Some(match result {
+                Ok(()) => Err(ServerError::Stopped(NetError::from("the UDP listener stopped"))),
+                Err(e) => Err(ServerError::Stopped(NetError::from(e))),
+            }),
             () = shutdown => None,
         };
-        match ended {
-            Some(Ok(())) => Ok(()),
-            Some(Err(error)) => Err(ServerError::Stopped(error)),
-            None => match tokio::time::timeout(self.shutdown_timeout, server.shutdown_gracefully())
-                .await
-            {
-                Ok(result) => result.map_err(ServerError::Stopped),
-                Err(_) => Err(ServerError::ShutdownTimeout(self.shutdown_timeout)),
-            },
+        if let Some(ended) = ended {
+            return ended;
+        }
+        let _ = stop.send(true);
+        let drain = async {
+            let (tcp, udp) = tokio::join!(server.shutdown_gracefully(), &mut udp);
+            tcp.map_err(ServerError::Stopped)?;
+            udp.map_err(|e| ServerError::Stopped(NetError::from(e)))
+        };
+        match tokio::time::timeout(self.shutdown_timeout, drain).await {
+            Ok(result) => result,
+            Err(_) => Err(ServerError::ShutdownTimeout(self.shutdown_timeout)),
         }
     }
 }
@@ -338,10 +366,154 @@ fn local_addr(
 }
 
 /// Answers one request: snapshot first, forwarder for the rest.
+#[derive(Clone)]
 struct Handler {
     snapshot: SnapshotHandle,
     forwarder: Arc<Forwarder>,
     max_udp_payload: u16,
+}
+
+/// What to do with a request, decided from the snapshot alone.
+enum Decision<'s> {
+    /// Send this response (an authoritative answer, or an error with no records).
+    Respond {
+        metadata: Metadata,
+        answers: &'s [Record],
+        soa: Option<&'s Record>,
+        additionals: &'s [Record],
+    },
+    /// Not netd's name: the forwarder answers, under this response metadata.
+    Forward(Metadata),
+}
+
+impl Decision<'_> {
+    fn empty(metadata: Metadata) -> Self {
+        Decision::Respond {
+            metadata,
+            answers: NO_RECORDS,
+            soa: None,
+            additionals: NO_RECORDS,
+        }
+    }
+}
+
+impl Handler {
+    /// The EDNS of the response: RFC 6891 answers EDNS with EDNS, and our payload limit
+    /// bounds UDP responses.
+    fn response_edns(&self, request: &Request) -> Option<Edns> {
+        request.edns.as_ref().map(|asked| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(asked.max_payload().clamp(512, self.max_udp_payload));
+            edns
+        })
+    }
+
+    /// Everything but forwarding: malformed or unsupported requests and netd's own names.
+    fn decide<'s>(&self, request: &Request, snapshot: &'s Snapshot) -> Decision<'s> {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = true;
+        if request
+            .edns
+            .as_ref()
+            .is_some_and(|asked| asked.version() > 0)
+        {
+            metadata.response_code = ResponseCode::BADVERS;
+            return Decision::empty(metadata);
+        }
+        if request.metadata.op_code != OpCode::Query {
+            metadata.response_code = ResponseCode::NotImp;
+            return Decision::empty(metadata);
+        }
+        let Ok(info) = request.request_info() else {
+            // Not exactly one question.
+            metadata.response_code = ResponseCode::FormErr;
+            return Decision::empty(metadata);
+        };
+        let query = info.query;
+        metadata.authoritative = true;
+        let (answers, soa, additionals) = match answer(
+            snapshot,
+            query.name(),
+            query.query_type(),
+            query.query_class(),
+        ) {
+            Answer::Records {
+                answers,
+                additionals,
+            } => (answers, None, additionals),
+            Answer::NoData { soa } => (NO_RECORDS, soa, NO_RECORDS),
+            Answer::NxDomain { soa } => {
+                metadata.response_code = ResponseCode::NXDomain;
+                (NO_RECORDS, Some(soa), NO_RECORDS)
+            }
+            Answer::Refused => {
+                metadata.authoritative = false;
+                metadata.response_code = ResponseCode::Refused;
+                return Decision::empty(metadata);
+            }
+            Answer::Forward => {
+                metadata.authoritative = false;
+                return Decision::Forward(metadata);
+            }
+        };
+        Decision::Respond {
+            metadata,
+            answers,
+            soa,
+            additionals,
+        }
+    }
+
+    /// The UDP fast path: answers a datagram from the snapshot into `out`, encoded. Returns
+    /// the parsed request when only the forwarder can answer it, and `Ok(None)` when there is
+    /// nothing to send (a response, or fewer than 12 bytes).
+    fn answer_datagram(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Request>, ()> {
+        out.clear();
+        let request = match Request::from_bytes(raw.to_vec(), src, Protocol::Udp) {
+            Ok(request) => request,
+            Err(_) => {
+                // A readable header gets FORMERR, as hickory's own listeners answer.
+                let Ok(header) = Header::read(&mut BinDecoder::new(raw)) else {
+                    return Err(());
+                };
+                if header.metadata.message_type != MessageType::Query {
+                    return Err(());
+                }
+                let mut metadata = Metadata::response_from_request(&header.metadata);
+                metadata.response_code = ResponseCode::FormErr;
+                encode_header(metadata, out);
+                return Ok(None);
+            }
+        };
+        if request.metadata.message_type != MessageType::Query {
+            return Err(()); // never answer a response (reflection)
+        }
+        let snapshot = self.snapshot.load();
+        let Decision::Respond {
+            metadata,
+            answers,
+            soa,
+            additionals,
+        } = self.decide(&request, &snapshot)
+        else {
+            return Ok(Some(request));
+        };
+        let edns = self.response_edns(&request);
+        let response = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
+            metadata,
+            answers,
+            NO_RECORDS,
+            soa,
+            additionals,
+        );
+        encode_udp(response, out);
+        Ok(None)
+    }
 }
 
 #[async_trait::async_trait]
@@ -351,51 +523,34 @@ impl RequestHandler for Handler {
         request: &Request,
         response_handle: R,
     ) -> ResponseInfo {
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.recursion_available = true;
-        // RFC 6891: answer EDNS with EDNS; our payload limit bounds UDP responses.
-        let edns = request.edns.as_ref().map(|asked| {
-            let mut edns = Edns::new();
-            edns.set_max_payload(asked.max_payload().clamp(512, self.max_udp_payload));
-            edns
-        });
-        let reply = Reply {
-            builder: MessageResponseBuilder::new(&request.queries, edns.as_ref()),
-            handle: response_handle,
+        let edns = self.response_edns(request);
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let mut metadata = {
+            let snapshot = self.snapshot.load();
+            match self.decide(request, &snapshot) {
+                Decision::Respond {
+                    metadata,
+                    answers,
+                    soa,
+                    additionals,
+                } => {
+                    let response = builder.build(metadata, answers, NO_RECORDS, soa, additionals);
+                    return send(response_handle, response, metadata).await;
+                }
+                Decision::Forward(metadata) => metadata,
+            }
         };
-
-        if request
-            .edns
-            .as_ref()
-            .is_some_and(|asked| asked.version() > 0)
-        {
-            metadata.response_code = ResponseCode::BADVERS;
-            return reply.empty(metadata).await;
-        }
-        if request.metadata.op_code != OpCode::Query {
-            metadata.response_code = ResponseCode::NotImp;
-            return reply.empty(metadata).await;
-        }
+        // `decide` forwards only a request with exactly one question.
         let Ok(info) = request.request_info() else {
-            // Not exactly one question.
             metadata.response_code = ResponseCode::FormErr;
-            return reply.empty(metadata).await;
+            return send(
+                response_handle,
+                builder.build_no_records(metadata),
+                metadata,
+            )
+            .await;
         };
         let query = info.query;
-
-        {
-            let snapshot = self.snapshot.load();
-            let decision = answer(
-                &snapshot,
-                query.name(),
-                query.query_type(),
-                query.query_class(),
-            );
-            if decision != Answer::Forward {
-                return reply.local(metadata, decision).await;
-            }
-        }
-
         let transport = if request.protocol().is_datagram() {
             Transport::Udp
         } else {
@@ -413,60 +568,190 @@ impl RequestHandler for Handler {
         {
             Ok(forwarded) => {
                 metadata.response_code = forwarded.response_code;
-                let response = reply.builder.build(
+                let response = builder.build(
                     metadata,
                     &forwarded.answers,
                     &forwarded.authorities,
                     NO_RECORDS,
                     &forwarded.additionals,
                 );
-                send(reply.handle, response, metadata).await
+                send(response_handle, response, metadata).await
             }
             Err(_) => {
                 metadata.response_code = ResponseCode::ServFail;
-                reply.empty(metadata).await
+                send(
+                    response_handle,
+                    builder.build_no_records(metadata),
+                    metadata,
+                )
+                .await
             }
         }
     }
 }
 
-/// The pieces of one response: the question section (borrowed from the request) and the
-/// client's handle.
-struct Reply<'q, R> {
-    builder: MessageResponseBuilder<'q>,
-    handle: R,
+/// Encodes a UDP response into `out`, bounded by the response's EDNS payload size (512 bytes
+/// without EDNS, RFC 1035 4.2.1): what does not fit is left out and TC set. A response that
+/// cannot be encoded becomes SERVFAIL, as in hickory's own listeners.
+fn encode_udp<'a>(
+    response: hickory_server::zone_handler::MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    out: &mut Vec<u8>,
+) -> Option<ResponseInfo> {
+    out.clear();
+    let metadata = *response.metadata();
+    let max = response.edns().map_or(512, Edns::max_payload);
+    let mut encoder = BinEncoder::new(out);
+    encoder.set_max_size(max);
+    match response.destructive_emit(&mut encoder) {
+        Ok(info) => Some(info),
+        Err(_) => {
+            let mut failed = Metadata::new(metadata.id, MessageType::Response, OpCode::Query);
+            failed.response_code = ResponseCode::ServFail;
+            encode_header(failed, out);
+            None
+        }
+    }
 }
 
-impl<R: ResponseHandler> Reply<'_, R> {
-    /// A response with no records (errors, SERVFAIL).
-    async fn empty(self, metadata: Metadata) -> ResponseInfo {
-        let response = self.builder.build_no_records(metadata);
-        send(self.handle, response, metadata).await
-    }
+/// A response of just a header (no question, no records).
+fn encode_header(metadata: Metadata, out: &mut Vec<u8>) {
+    out.clear();
+    let header = Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    };
+    // Twelve bytes into a growable buffer: cannot fail.
+    let _ = header.emit(&mut BinEncoder::new(out));
+}
 
-    /// An authoritative answer from the snapshot.
-    async fn local(self, mut metadata: Metadata, decision: Answer<'_>) -> ResponseInfo {
-        metadata.authoritative = true;
-        let (answers, soa, additionals) = match decision {
-            Answer::Records {
-                answers,
-                additionals,
-            } => (answers, None, additionals),
-            Answer::NoData { soa } => (NO_RECORDS, soa, NO_RECORDS),
-            Answer::NxDomain { soa } => {
-                metadata.response_code = ResponseCode::NXDomain;
-                (NO_RECORDS, Some(soa), NO_RECORDS)
+/// Sends a forwarded answer back over the UDP listener's socket.
+#[derive(Clone)]
+struct UdpResponder {
+    socket: Arc<UdpSocket>,
+    dst: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpResponder {
+    async fn send_response<'a>(
+        &mut self,
+        response: hickory_server::zone_handler::MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let metadata = *response.metadata();
+        let mut out = Vec::with_capacity(512);
+        let info = encode_udp(response, &mut out).unwrap_or_else(|| {
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
+        });
+        self.socket.send_to(&out, self.dst).await?;
+        Ok(info)
+    }
+}
+
+/// Whether a response may be sent to `src` (not port 0, not an unspecified or broadcast
+/// address), as hickory's listeners check.
+fn answerable(src: SocketAddr) -> bool {
+    src.port() != 0
+        && match src.ip() {
+            IpAddr::V4(ip) => !ip.is_unspecified() && !ip.is_broadcast(),
+            IpAddr::V6(ip) => !ip.is_unspecified(),
+        }
+}
+
+/// The UDP listener: drains the socket whenever it is readable and answers netd's names
+/// inline, from one reused receive and one reused send buffer; a query for another name
+/// becomes a task that awaits the forwarder. Stops when `stop` fires and then waits for the
+/// forwarding tasks (the caller bounds that wait).
+async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    handler: Handler,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> io::Result<()> {
+    let mut forwarding = JoinSet::new();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut out = Vec::with_capacity(512);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopped| *stopped) => break,
+            readable = socket.readable() => readable?,
+            Some(_) = forwarding.join_next(), if !forwarding.is_empty() => continue,
+        }
+        loop {
+            let (len, src) = match socket.try_recv_from(&mut buf) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ICMP errors from earlier sends surface here; the socket itself is fine.
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            if !answerable(src) {
+                continue;
             }
-            Answer::Refused | Answer::Forward => {
-                metadata.authoritative = false;
-                metadata.response_code = ResponseCode::Refused;
-                return self.empty(metadata).await;
+            match handler.answer_datagram(&buf[..len], src, &mut out) {
+                Ok(None) => {
+                    if !out.is_empty() {
+                        send_now(&socket, &out, src).await;
+                    }
+                }
+                Ok(Some(request)) => {
+                    let handler = handler.clone();
+                    let responder = UdpResponder {
+                        socket: socket.clone(),
+                        dst: src,
+                    };
+                    forwarding.spawn(async move {
+                        handler
+                            .handle_request::<_, TokioTime>(&request, responder)
+                            .await;
+                    });
+                }
+                Err(()) => {}
             }
-        };
-        let response = self
-            .builder
-            .build(metadata, answers, NO_RECORDS, soa, additionals);
-        send(self.handle, response, metadata).await
+        }
+    }
+    while forwarding.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Receive errors that leave the socket usable (ICMP port unreachable from an earlier send,
+/// a signal).
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
+/// Sends one response, waiting for room in the socket's buffer only when it is full; a
+/// failed send is dropped (the client retries), as hickory's listeners do.
+async fn send_now(socket: &UdpSocket, out: &[u8], dst: SocketAddr) {
+    match socket.try_send_to(out, dst) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            let _ = socket.send_to(out, dst).await;
+        }
+        Err(_) => {}
     }
 }
 

@@ -325,6 +325,59 @@ async fn garbage_does_not_stop_the_server() {
 }
 
 #[tokio::test]
+async fn a_malformed_query_gets_formerr_and_a_response_gets_nothing() {
+    let (running, _) = start().await;
+    let server = running.addrs.udp;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let mut buf = [0u8; 512];
+
+    // A header that claims one question and carries none: FORMERR with the query's ID.
+    let mut header_only = query_message("web.", RecordType::A);
+    header_only.metadata.id = 0x4242;
+    let mut bytes = header_only.to_vec().expect("encode");
+    bytes.truncate(12);
+    socket.send_to(&bytes, server).await.expect("send");
+    let (len, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+        .await
+        .expect("an answer to a malformed query")
+        .expect("recv");
+    let answer = netd_dns::proto::op::Message::from_vec(&buf[..len]).expect("decodable");
+    assert_eq!(answer.metadata.id, 0x4242);
+    assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
+    assert_eq!(
+        answer.metadata.message_type,
+        netd_dns::proto::op::MessageType::Response
+    );
+
+    // A response sent to the server is never answered (no reflection); the query after it
+    // is, and is the first thing this socket receives.
+    let mut reflected = query_message("web.", RecordType::A);
+    reflected.metadata.message_type = netd_dns::proto::op::MessageType::Response;
+    reflected.metadata.id = 0x5151;
+    socket
+        .send_to(&reflected.to_vec().expect("encode"), server)
+        .await
+        .expect("send");
+    let mut query = query_message("web.", RecordType::A);
+    query.metadata.id = 0x6161;
+    socket
+        .send_to(&query.to_vec().expect("encode"), server)
+        .await
+        .expect("send");
+    let (len, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+        .await
+        .expect("an answer to the query")
+        .expect("recv");
+    let answer = netd_dns::proto::op::Message::from_vec(&buf[..len]).expect("decodable");
+    assert_eq!(
+        answer.metadata.id, 0x6161,
+        "the reflected response was answered"
+    );
+    assert_eq!(addresses(&answer), vec![ip("10.88.0.2")]);
+    running.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
 async fn large_answers_truncate_over_udp_and_complete_over_tcp() {
     let mut b = SnapshotBuilder::new();
     for i in 0..120u8 {
