@@ -11,6 +11,7 @@
 //!   "forward".
 //! - [`forward`]: upstream queries over UDP/TCP and the TTL-respecting cache.
 //! - [`server`]: the hickory-server request handler and the UDP/TCP listeners.
+//! - `batch`: `recvmmsg`/`sendmmsg` buffers for the UDP listener.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,6 +36,7 @@
 //! ```
 
 pub mod answer;
+mod batch;
 pub mod forward;
 pub mod server;
 pub mod snapshot;

@@ -377,6 +377,60 @@ async fn a_malformed_query_gets_formerr_and_a_response_gets_nothing() {
     running.shutdown().await.expect("clean shutdown");
 }
 
+/// A burst of queries (more than one `recvmmsg` batch) from several clients, some for names
+/// netd answers and some it must forward, interleaved: every query gets its own answer.
+#[tokio::test]
+async fn a_burst_of_queries_gets_every_answer() {
+    let (running, _) = start().await;
+    let server = running.addrs.udp;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+    }
+    const PER_CLIENT: u16 = 100;
+    for (c, socket) in clients.iter().enumerate() {
+        for i in 0..PER_CLIENT {
+            // Every 10th is a foreign name: SERVFAIL from the (upstream-less) forwarder.
+            let name = match i % 10 {
+                9 => "example.com.",
+                n if n % 2 == 0 => "web.",
+                _ => "db.",
+            };
+            let mut q = query_message(name, RecordType::A);
+            q.metadata.id = (c as u16) * 1000 + i;
+            socket
+                .send_to(&q.to_vec().expect("encode"), server)
+                .await
+                .expect("send");
+        }
+    }
+    let mut buf = [0u8; 512];
+    for (c, socket) in clients.iter().enumerate() {
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < usize::from(PER_CLIENT) {
+            let (len, _) =
+                tokio::time::timeout(Duration::from_secs(10), socket.recv_from(&mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("client {c}: only {} answers", seen.len()))
+                    .expect("recv");
+            let m = netd_dns::proto::op::Message::from_vec(&buf[..len]).expect("decodable");
+            let i = m.metadata.id - (c as u16) * 1000;
+            let expected = match i % 10 {
+                9 => (ResponseCode::ServFail, vec![]),
+                n if n % 2 == 0 => (ResponseCode::NoError, vec![ip("10.88.0.2")]),
+                _ => (ResponseCode::NoError, vec![ip("10.88.0.3")]),
+            };
+            assert_eq!(
+                (m.metadata.response_code, addresses(&m)),
+                expected,
+                "id {i}"
+            );
+            assert!(seen.insert(i), "answer {i} twice");
+        }
+    }
+    running.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test]
 async fn large_answers_truncate_over_udp_and_complete_over_tcp() {
     let mut b = SnapshotBuilder::new();
