@@ -1,8 +1,9 @@
 //! The etcd store across nodes: a real 3-member etcd cluster (Debian's `etcd-server`) on
 //! loopback ports, and two `netd up --store etcd://...` daemons as two nodes. Each node sees
-//! the other's services and endpoints (API, watch, status); concurrent writers from both nodes
-//! leave one consistent registry; a killed node's leased endpoints expire on the other; one
-//! etcd member down changes nothing; an unreachable cluster fails startup with a clear message.
+//! the other's services and endpoints (API, watch, status) and networks (their conflists);
+//! concurrent writers from both nodes share etcd transactions and leave one consistent
+//! registry; a killed node's leased endpoints expire on the other; one etcd member down
+//! changes nothing; an unreachable cluster fails startup with a clear message.
 //!
 //! Everything runs as child processes of the test, on 127.0.0.1 only, in temporary
 //! directories; every process is killed by its PID when its guard drops, even on failure.
@@ -666,6 +667,63 @@ async fn one_etcd_member_down_changes_nothing() {
     assert_eq!(endpoint_ids(&cb, "before").await, ["10.1.0.1:80"]);
     let s = cb.status().await.unwrap();
     assert_eq!((s.services, s.endpoints), (3, 2));
+}
+
+/// A network created on one node gets its conflist on the other without a restart (same
+/// content as on the node that created it), and goes from both when removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_reach_every_nodes_cni_config_dir() {
+    let etcd = EtcdCluster::start("networks");
+    let a = Node::start("node-a", &etcd.url());
+    let b = Node::start("node-b", &etcd.url());
+    let conflist =
+        |node: &Node, name: &str| node.dir.0.join("cni").join(format!("{name}.conflist"));
+    let read = |path: PathBuf| std::fs::read_to_string(path).ok();
+
+    ok(&cli(
+        &a.socket,
+        &[
+            "network",
+            "create",
+            "blue",
+            "--subnet",
+            "10.93.0.0/24",
+            "--isolate",
+        ],
+    ));
+    let on_a = read(conflist(&a, "blue")).expect("A wrote its own conflist");
+    assert!(
+        wait_until(SEEN, || read(conflist(&b, "blue")).as_ref() == Some(&on_a)),
+        "B's conflist: {:?}\nB's log:\n{}",
+        read(conflist(&b, "blue")),
+        b.log()
+    );
+    assert!(
+        on_a.contains("10.93.0.0/24") && on_a.contains("\"isolate\": true"),
+        "{on_a}"
+    );
+
+    // Created on B, it reaches A the same way; removed on A, it leaves B.
+    ok(&cli(
+        &b.socket,
+        &["network", "create", "green", "--subnet", "10.94.0.0/24"],
+    ));
+    assert!(
+        wait_until(SEEN, || conflist(&a, "green").exists()),
+        "{}",
+        a.log()
+    );
+    ok(&cli(&a.socket, &["network", "rm", "blue"]));
+    assert!(!conflist(&a, "blue").exists());
+    assert!(
+        wait_until(SEEN, || !conflist(&b, "blue").exists()),
+        "B kept blue's conflist; B's log:\n{}",
+        b.log()
+    );
+    ok(&cli(&a.socket, &["network", "rm", "green"]));
+    assert!(wait_until(SEEN, || !conflist(&b, "green").exists()));
+    // The default network's conflist stays on both.
+    assert!(conflist(&a, "netd").exists() && conflist(&b, "netd").exists());
 }
 
 fn attachment(id: &str, ip: &str) -> AttachmentSpec {
