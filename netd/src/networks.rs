@@ -65,9 +65,20 @@ impl Networks {
         &self.conf_dir
     }
 
-    /// Creates a network and writes its conflist.
+    /// Creates a network and writes its conflist (re-run against the newer state when another
+    /// node changed the registry first).
     pub async fn create(&self, spec: NetworkSpec) -> Result<Arc<Network>, RegistryError> {
         let subnets = spec.validate()?;
+        self.registry
+            .retry_conflicts(|| self.create_once(spec.clone(), subnets.clone()))
+            .await
+    }
+
+    async fn create_once(
+        &self,
+        spec: NetworkSpec,
+        subnets: Vec<ipnet::IpNet>,
+    ) -> Result<Arc<Network>, RegistryError> {
         let mut tx = self.registry.begin().await;
         let snap = tx.snapshot();
         if snap.networks.contains_key(&spec.name) {
@@ -143,6 +154,12 @@ impl Networks {
 
     /// Deletes a network and its conflist; refused while containers are attached to it.
     pub async fn delete(&self, name: &str) -> Result<Deleted, RegistryError> {
+        self.registry
+            .retry_conflicts(|| self.delete_once(name))
+            .await
+    }
+
+    async fn delete_once(&self, name: &str) -> Result<Deleted, RegistryError> {
         let mut tx = self.registry.begin().await;
         let Some(net) = tx.snapshot().networks.get(name).cloned() else {
             return Err(RegistryError::NotFound {
