@@ -8,17 +8,18 @@
 //! feed has brought them back. A change validated against the published snapshot at revision
 //! `P` starts a *chain* and is guarded by `P`; a change validated against the tip follows the
 //! change before it and is guarded by the revision that change's transaction got. Either way
-//! the store refuses the transaction ([`StoreError::Conflict`]) if any other writer committed
-//! in between, so no change is ever applied on a state other than the one it was validated
-//! against.
+//! the store refuses the transaction ([`StoreError::Conflict`]) if another netd transaction
+//! committed in between, so no change is ever applied on a state other than the one it was
+//! validated against (etcd's own lease expiries are not netd transactions: as before grouping,
+//! a change may still name a lease that has just expired, and etcd refuses it).
 //!
 //! **Groups.** The committer sends everything queued while the previous transaction was in
-//! flight as one transaction, guarded like the group's first change, cut where
-//! [`Store::limits`] would be exceeded (etcd's `--max-txn-ops`, whose revision guard the store
-//! counts itself), where a change touches a key already in the group (etcd refuses two changes
-//! of one key in one transaction; the second goes first in the next group, guarded by the
-//! first's revision) and where a new chain starts. Every writer of a group gets the group's
-//! revision, and watchers get the group as one batch.
+//! flight as one transaction, guarded like the group's first change, cut where the store's
+//! [limits](super::store::Store::limits) would be exceeded (etcd's `--max-txn-ops`, whose
+//! revision guard the store counts itself), where a change touches a key already in the group
+//! (etcd refuses two changes of one key in one transaction; the second goes first in the next
+//! group, guarded by the first's revision) and where a new chain starts. Every writer of a
+//! group gets the group's revision, and watchers get the group as one batch.
 //!
 //! **Failures.** A conflict fails the group and every change queued after it (they were
 //! validated against it): their writers re-run their operations against the newer snapshot
