@@ -3,7 +3,8 @@
 //! the other's services and endpoints (API, watch, status) and networks (their conflists);
 //! concurrent writers from both nodes share etcd transactions and leave one consistent
 //! registry; a killed node's leased endpoints expire on the other; one etcd member down
-//! changes nothing; an unreachable cluster fails startup with a clear message.
+//! changes nothing, nor does one that hangs; an unreachable cluster fails startup with a clear
+//! message.
 //!
 //! Everything runs as child processes of the test, on 127.0.0.1 only, in temporary
 //! directories; every process is killed by its PID when its guard drops, even on failure.
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{cli, eventually, ok, stderr, wait_until, TempDir, BIN};
+use common::{cli, eventually, ok, send_signal, stderr, wait_until, TempDir, BIN};
 use netd::client::Client;
 use netd_config::netd::{
     AttachmentSpec, EndpointSpec, Event, Object, ServicePort, ServiceSpec, Status,
@@ -116,6 +117,20 @@ impl EtcdCluster {
         format!("etcd://{}", self.clients.join(","))
     }
 
+    /// The same members, member `first` first (the one a node starts with, watch included).
+    fn url_from(&self, first: usize) -> String {
+        let mut members = self.clients.clone();
+        members.rotate_left(first);
+        format!("etcd://{}", members.join(","))
+    }
+
+    /// Sends `sig` to member `i` (SIGSTOP hangs it with its connections open; SIGCONT
+    /// resumes it).
+    fn signal(&self, i: usize, sig: i32) {
+        let child = self.members[i].as_ref().expect("member running");
+        send_signal(child.id() as i32, sig);
+    }
+
     /// Kills member `i` (SIGKILL by PID) and reaps it.
     fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].take() {
@@ -136,6 +151,13 @@ impl EtcdCluster {
 
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
+        // A stopped member dies of SIGKILL too; resumed first so nothing is left stopped if
+        // killing fails.
+        for i in 0..self.members.len() {
+            if self.members[i].is_some() {
+                self.signal(i, libc::SIGCONT);
+            }
+        }
         for i in 0..self.members.len() {
             self.kill(i);
         }
@@ -724,6 +746,59 @@ async fn networks_reach_every_nodes_cni_config_dir() {
     assert!(wait_until(SEEN, || !conflist(&b, "green").exists()));
     // The default network's conflist stays on both.
     assert!(conflist(&a, "netd").exists() && conflist(&b, "netd").exists());
+}
+
+/// A member that hangs (SIGSTOP: connections stay open, nothing answers) does not stall the
+/// watch of the node that follows the registry through it: the node notices the silence,
+/// moves its watch to another member and catches up with what another node wrote meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_member_does_not_stall_a_nodes_watch() {
+    let etcd = EtcdCluster::start("hung");
+    // B talks to and watches through member 1; A through member 0.
+    let a = Node::start("node-a", &etcd.url_from(0));
+    let b = Node::start("node-b", &etcd.url_from(1));
+    let (ca, cb) = (a.client(), b.client());
+    ca.put_service(&service("before", 80)).await.unwrap();
+    assert!(
+        eventually(SEEN, || async {
+            cb.service("default", "before")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        })
+        .await
+    );
+
+    etcd.signal(1, libc::SIGSTOP);
+    ca.put_service(&service("during", 81)).await.unwrap();
+    ca.register_endpoint("default", "during", &endpoint("10.1.0.9", 81, None))
+        .await
+        .unwrap();
+    let seen = eventually(SEEN, || async {
+        endpoint_ids(&cb, "during").await == ["10.1.0.9:81"]
+    })
+    .await;
+    etcd.signal(1, libc::SIGCONT);
+    assert!(
+        seen,
+        "B's watch stalled on the stopped member; B's log:\n{}",
+        b.log()
+    );
+    assert!(b.log().contains("stopped answering"), "{}", b.log());
+
+    // Member 1 back: both nodes keep following each other.
+    cb.put_service(&service("after", 82)).await.unwrap();
+    assert!(
+        eventually(SEEN, || async {
+            ca.service("default", "after")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        })
+        .await
+    );
 }
 
 fn attachment(id: &str, ip: &str) -> AttachmentSpec {
