@@ -86,11 +86,12 @@ pub fn write(dir: &Path, net: &Network) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// Removes a network's conflist; a missing file is fine.
-pub fn remove(dir: &Path, network: &str) -> std::io::Result<()> {
+/// Removes a network's conflist; a missing file is fine. Returns true when a file was removed.
+pub fn remove(dir: &Path, network: &str) -> std::io::Result<bool> {
     match std::fs::remove_file(path(dir, network)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -2,12 +2,13 @@
 //!
 //! Startup, in order: refuse if another daemon answers on the socket (remove a stale socket
 //! file), open the store (embedded: its file lock refuses a second daemon on the same data
-//! directory; etcd: a member must answer), load the registry, create the default network and write conflists, bind the API
-//! socket (mode 0660, group `netd` when it exists), start the background tasks (lease expiry,
-//! health checks, attachment liveness, DNS names and listeners, service VIPs, sidecars) and the API
-//! server, print one line. On SIGTERM or
-//! ctrl-c: stop accepting, let in-flight requests finish (bounded), stop the background tasks
-//! (sidecars are stopped and their rules removed), remove the socket.
+//! directory; etcd: a member must answer), load the registry, create the default network and
+//! write conflists, bind the API socket (mode 0660, group `netd` when it exists), start the
+//! background tasks (lease expiry, health checks, attachment liveness, conflists of networks
+//! as they come and go, DNS names and listeners, service VIPs, sidecars) and the API server,
+//! print one line. On SIGTERM or ctrl-c: stop accepting, let in-flight requests finish
+//! (bounded), stop the background tasks (sidecars are stopped and their rules removed), remove
+//! the socket.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -125,6 +126,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         }
         None => (None, None),
     };
+    let conflists = tokio::spawn(networks.clone().follow(drain_rx.clone()));
     let state = Arc::new(ApiState {
         registry: registry.clone(),
         networks,
@@ -184,6 +186,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         Err(e) => crate::log(&format!("API server task failed: {e}")),
     }
     let _ = expiry.await;
+    let _ = conflists.await;
     let _ = checks.await;
     let _ = sweep.await;
     if let Some(vips) = vips {

@@ -1,12 +1,25 @@
 //! Network lifecycle: the registry record and its CNI conflist, kept consistent.
 //!
 //! A create validates against every other network (name, subnets, bridge, the VIP range), writes
-//! the conflist, then commits the record; if the commit fails, the conflist is removed again.
-//! A delete refuses while containers are attached. At startup [`Networks::reconcile`] creates
-//! the default network if missing and rewrites any conflist that is missing or differs.
+//! the conflist, then commits the record; if the commit fails, the conflist is made to match the
+//! registry again (removed, or another node's network of that name written). A delete refuses
+//! while containers are attached. At startup [`Networks::reconcile`] creates the default network
+//! if missing and rewrites any conflist that is missing or differs; then [`Networks::follow`]
+//! keeps conflists equal to the registry's networks as they change, which with a shared store
+//! includes networks created and removed on other nodes.
+//!
+//! Every conflist change happens under one lock and (except the write before a create's commit)
+//! makes the file match the current snapshot, so a create, a delete and the follower racing for
+//! one name always leave the file the registry's network says.
+//!
+//! The rest of a network's life on a node follows the registry by itself: DNS listeners on its
+//! gateways ([`crate::dns`]), sidecars for its meshed containers ([`crate::mesh`]).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
 
 use netd_config::netd::{
     overlaps, Deleted, Network, NetworkSpec, DEFAULT_BRIDGE, DEFAULT_NETWORK,
@@ -22,12 +35,29 @@ use crate::registry::{Registry, RegistryError};
 pub struct Networks {
     registry: Arc<Registry>,
     conf_dir: PathBuf,
+    /// Held while a conflist is written or removed.
+    files: Arc<Mutex<()>>,
+}
+
+/// What [`Networks::sync_conflist`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synced {
+    /// The file already matched.
+    Unchanged,
+    /// The network's conflist was written.
+    Written,
+    /// The conflist of a network that no longer exists was removed.
+    Removed,
 }
 
 impl Networks {
     /// Networks of `registry`, with conflists in `conf_dir`.
     pub fn new(registry: Arc<Registry>, conf_dir: PathBuf) -> Self {
-        Self { registry, conf_dir }
+        Self {
+            registry,
+            conf_dir,
+            files: Arc::default(),
+        }
     }
 
     /// Directory the conflists go to.
@@ -35,9 +65,20 @@ impl Networks {
         &self.conf_dir
     }
 
-    /// Creates a network and writes its conflist.
+    /// Creates a network and writes its conflist (re-run against the newer state when another
+    /// node changed the registry first).
     pub async fn create(&self, spec: NetworkSpec) -> Result<Arc<Network>, RegistryError> {
         let subnets = spec.validate()?;
+        self.registry
+            .retry_conflicts(|| self.create_once(spec.clone(), subnets.clone()))
+            .await
+    }
+
+    async fn create_once(
+        &self,
+        spec: NetworkSpec,
+        subnets: Vec<ipnet::IpNet>,
+    ) -> Result<Arc<Network>, RegistryError> {
         let mut tx = self.registry.begin().await;
         let snap = tx.snapshot();
         if snap.networks.contains_key(&spec.name) {
@@ -89,7 +130,10 @@ impl Networks {
             bridge,
             revision: tx.snapshot().revision + 1,
         };
-        self.write_conflist(&net)?;
+        {
+            let _files = self.lock_files();
+            self.write_conflist(&net)?;
+        }
         let name = net.name.clone();
         tx.put(Record::Network(Arc::new(net)));
         match tx.commit().await {
@@ -100,7 +144,9 @@ impl Networks {
                 .cloned()
                 .ok_or_else(|| RegistryError::Internal(format!("network {name} vanished"))),
             Err(e) => {
-                let _ = conflist::remove(&self.conf_dir, &name);
+                if let Err(undo) = self.sync_conflist(&name) {
+                    crate::log(&format!("network {name} not created: {undo}"));
+                }
                 Err(e)
             }
         }
@@ -108,6 +154,12 @@ impl Networks {
 
     /// Deletes a network and its conflist; refused while containers are attached to it.
     pub async fn delete(&self, name: &str) -> Result<Deleted, RegistryError> {
+        self.registry
+            .retry_conflicts(|| self.delete_once(name))
+            .await
+    }
+
+    async fn delete_once(&self, name: &str) -> Result<Deleted, RegistryError> {
         let mut tx = self.registry.begin().await;
         let Some(net) = tx.snapshot().networks.get(name).cloned() else {
             return Err(RegistryError::NotFound {
@@ -135,7 +187,7 @@ impl Networks {
         }
         tx.delete(Record::Network(net.clone()));
         let done = tx.commit().await?;
-        if let Err(e) = conflist::remove(&self.conf_dir, name) {
+        if let Err(e) = self.sync_conflist(name) {
             crate::log(&format!(
                 "network {name} deleted, but its conflist could not be removed: {e}"
             ));
@@ -179,13 +231,87 @@ impl Networks {
                 Err(e) => return Err(e),
             }
         }
-        for net in self.registry.snapshot().networks.values() {
-            if self.write_conflist(net)? {
-                written.push(net.name.clone());
+        for name in self.registry.snapshot().networks.keys() {
+            if self.sync_conflist(name)? == Synced::Written {
+                written.push(name.clone());
             }
         }
         written.dedup();
         Ok(written)
+    }
+
+    /// Makes `name`'s conflist match the registry as it is now: written when the network
+    /// exists, removed when it does not.
+    pub fn sync_conflist(&self, name: &str) -> Result<Synced, RegistryError> {
+        let _files = self.lock_files();
+        match self.registry.snapshot().networks.get(name) {
+            Some(net) => Ok(match self.write_conflist(net)? {
+                true => Synced::Written,
+                false => Synced::Unchanged,
+            }),
+            None => match conflist::remove(&self.conf_dir, name) {
+                Ok(true) => Ok(Synced::Removed),
+                Ok(false) => Ok(Synced::Unchanged),
+                Err(source) => Err(RegistryError::Io {
+                    what: "cannot remove CNI conflist",
+                    path: conflist::path(&self.conf_dir, name).display().to_string(),
+                    source,
+                }),
+            },
+        }
+    }
+
+    /// Keeps every conflist equal to the registry's networks until `drain`: on each new
+    /// revision, the conflists of networks that appeared, changed or went are written or
+    /// removed (networks created or removed on another node sharing the store, or by this
+    /// node's API, which has usually done it already). Files run on the blocking pool.
+    pub async fn follow(self, mut drain: watch::Receiver<bool>) {
+        let mut revisions = self.registry.revisions();
+        let mut seen: Arc<BTreeMap<String, Arc<Network>>> = Arc::default();
+        loop {
+            revisions.borrow_and_update();
+            let now = self.registry.snapshot().networks.clone();
+            if !Arc::ptr_eq(&now, &seen) {
+                let names: BTreeSet<String> = now
+                    .iter()
+                    .filter(|(name, net)| seen.get(*name) != Some(net))
+                    .map(|(name, _)| name.clone())
+                    .chain(seen.keys().filter(|n| !now.contains_key(*n)).cloned())
+                    .collect();
+                let this = self.clone();
+                let synced = tokio::task::spawn_blocking(move || this.sync_conflists(names)).await;
+                if let Err(e) = synced {
+                    crate::log(&format!("conflist task failed: {e}"));
+                }
+                seen = now;
+            }
+            tokio::select! {
+                changed = revisions.changed() => if changed.is_err() { return },
+                _ = drain.wait_for(|d| *d) => return,
+            }
+        }
+    }
+
+    /// [`Networks::sync_conflist`] for each of `names`, logging what changed.
+    fn sync_conflists(&self, names: BTreeSet<String>) {
+        for name in names {
+            match self.sync_conflist(&name) {
+                Ok(Synced::Unchanged) => {}
+                Ok(Synced::Written) => crate::log(&format!(
+                    "network {name}: wrote {}",
+                    conflist::path(&self.conf_dir, &name).display()
+                )),
+                Ok(Synced::Removed) => crate::log(&format!(
+                    "network {name} is gone: removed {}",
+                    conflist::path(&self.conf_dir, &name).display()
+                )),
+                Err(e) => crate::log(&format!("network {name}: {e}")),
+            }
+        }
+    }
+
+    fn lock_files(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn write_conflist(&self, net: &Network) -> Result<bool, RegistryError> {

@@ -1,8 +1,10 @@
 //! The etcd store across nodes: a real 3-member etcd cluster (Debian's `etcd-server`) on
 //! loopback ports, and two `netd up --store etcd://...` daemons as two nodes. Each node sees
-//! the other's services and endpoints (API, watch, status); concurrent writers from both nodes
-//! leave one consistent registry; a killed node's leased endpoints expire on the other; one
-//! etcd member down changes nothing; an unreachable cluster fails startup with a clear message.
+//! the other's services and endpoints (API, watch, status) and networks (their conflists);
+//! concurrent writers from both nodes share etcd transactions and leave one consistent
+//! registry; a killed node's leased endpoints expire on the other; one etcd member down
+//! changes nothing, nor does one that hangs; an unreachable cluster fails startup with a clear
+//! message.
 //!
 //! Everything runs as child processes of the test, on 127.0.0.1 only, in temporary
 //! directories; every process is killed by its PID when its guard drops, even on failure.
@@ -16,7 +18,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{cli, eventually, ok, stderr, wait_until, TempDir, BIN};
+use common::{cli, eventually, ok, send_signal, stderr, wait_until, TempDir, BIN};
 use netd::client::Client;
 use netd_config::netd::{
     AttachmentSpec, EndpointSpec, Event, Object, ServicePort, ServiceSpec, Status,
@@ -115,6 +117,20 @@ impl EtcdCluster {
         format!("etcd://{}", self.clients.join(","))
     }
 
+    /// The same members, member `first` first (the one a node starts with, watch included).
+    fn url_from(&self, first: usize) -> String {
+        let mut members = self.clients.clone();
+        members.rotate_left(first);
+        format!("etcd://{}", members.join(","))
+    }
+
+    /// Sends `sig` to member `i` (SIGSTOP hangs it with its connections open; SIGCONT
+    /// resumes it).
+    fn signal(&self, i: usize, sig: i32) {
+        let child = self.members[i].as_ref().expect("member running");
+        send_signal(child.id() as i32, sig);
+    }
+
     /// Kills member `i` (SIGKILL by PID) and reaps it.
     fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].take() {
@@ -135,6 +151,13 @@ impl EtcdCluster {
 
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
+        // A stopped member dies of SIGKILL too; resumed first so nothing is left stopped if
+        // killing fails.
+        for i in 0..self.members.len() {
+            if self.members[i].is_some() {
+                self.signal(i, libc::SIGCONT);
+            }
+        }
         for i in 0..self.members.len() {
             self.kill(i);
         }
@@ -380,6 +403,158 @@ async fn two_nodes_share_one_registry() {
     );
 }
 
+/// What a writer of `concurrent_writers_share_transactions_and_stay_consistent` got.
+#[derive(Default)]
+struct Outcome {
+    /// Revisions of its acknowledged writes.
+    revisions: Vec<u64>,
+    /// It won its host port (and registered an endpoint in its service).
+    won: bool,
+}
+
+/// 64 writers on each node at once, racing for eight host ports and adding endpoints to a
+/// service the other node deletes meanwhile. Each node sends its writers' changes to etcd
+/// together (several writes share a revision), yet every acknowledged write is applied, in
+/// the order it was made, and none validated against a state the other node had changed
+/// since: one service per host port, no endpoint outlives its service, both nodes agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_share_transactions_and_stay_consistent() {
+    let etcd = EtcdCluster::start("batch");
+    let a = Node::start("node-a", &etcd.url());
+    let b = Node::start("node-b", &etcd.url());
+    let (ca, cb) = (a.client(), b.client());
+    ca.put_service(&service("victim", 80)).await.unwrap();
+    let mut watch = cb.watch(0).await.unwrap();
+    while !matches!(watch.next().await.unwrap(), Some(Event::Synced { .. })) {}
+
+    let started = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let mut writers = tokio::task::JoinSet::new();
+    for i in 0..128u16 {
+        let (c, tag) = if i % 2 == 0 {
+            (ca.clone(), "a")
+        } else {
+            (cb.clone(), "b")
+        };
+        let started = started.clone();
+        writers.spawn(async move {
+            let mut out = Outcome::default();
+            let name = format!("w-{tag}-{i}");
+            let mut spec = service(&name, 80);
+            // Eight host ports, each wanted by eight writers on each node.
+            spec.ports[0].host_port = Some(31000 + (i / 2) % 8);
+            match c.put_service(&spec).await {
+                Ok(s) => {
+                    out.revisions.push(s.revision);
+                    out.won = true;
+                }
+                Err(e) => assert!(e.to_string().contains("already published"), "{name}: {e}"),
+            }
+            started.add_permits(1);
+            if out.won {
+                let address = format!("10.7.{}.{}", i / 256, i % 256);
+                let e = c
+                    .register_endpoint("default", &name, &endpoint(&address, 80, None))
+                    .await
+                    .unwrap_or_else(|e| panic!("{name}'s endpoint: {e}"));
+                out.revisions.push(e.revision);
+            }
+            let address = format!("10.8.{}.{}", i / 256, i % 256);
+            match c
+                .register_endpoint("default", "victim", &endpoint(&address, 80, None))
+                .await
+            {
+                Ok(e) => out.revisions.push(e.revision),
+                Err(e) => assert!(e.to_string().contains("does not exist"), "victim: {e}"),
+            }
+            out
+        });
+    }
+    // B deletes `victim` while the writers are busy.
+    let half = tokio::time::timeout(SEEN, started.acquire_many(32)).await;
+    drop(half.expect("32 writers made their first write").unwrap());
+    let gone = cb.delete_service("default", "victim").await.unwrap();
+    let mut outcomes = Vec::new();
+    while let Some(out) = writers.join_next().await {
+        outcomes.push(out.unwrap());
+    }
+    assert!(
+        eventually(SEEN, || async {
+            let (sa, sb) = (ca.status().await.unwrap(), cb.status().await.unwrap());
+            sa.revision == sb.revision
+        })
+        .await
+    );
+
+    // One service per host port; both nodes hold the same registry.
+    assert_eq!(outcomes.iter().filter(|o| o.won).count(), 8);
+    let (la, lb) = (
+        ca.services(None).await.unwrap(),
+        cb.services(None).await.unwrap(),
+    );
+    assert_eq!(la, lb, "both nodes hold the same services");
+    let mut ports: Vec<u16> = la.iter().filter_map(|s| s.ports[0].host_port).collect();
+    ports.sort_unstable();
+    assert_eq!(ports, (31000..31008).collect::<Vec<_>>(), "{la:?}");
+    let (ea, eb) = (
+        ca.all_endpoints().await.unwrap(),
+        cb.all_endpoints().await.unwrap(),
+    );
+    assert_eq!(ea, eb, "both nodes hold the same endpoints");
+    // Every endpoint's service exists: the winners' own, none of `victim`'s.
+    assert!(la.iter().all(|s| s.name != "victim"));
+    assert_eq!(ea.len(), 8, "{ea:?}");
+    assert!(ea.iter().all(|e| la.iter().any(|s| s.name == e.service)));
+
+    // Writes shared etcd transactions: fewer revisions than acknowledged writes.
+    let mut revisions: Vec<u64> = outcomes.iter().flat_map(|o| o.revisions.clone()).collect();
+    let writes = revisions.len();
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert!(
+        revisions.len() < writes,
+        "{writes} writes in {} etcd revisions",
+        revisions.len()
+    );
+
+    // B's watch saw each winner's service before its endpoint, and `victim` go, in
+    // revision order.
+    let winners: Vec<String> = la
+        .iter()
+        .filter(|s| s.name != "victim")
+        .map(|s| s.name.clone())
+        .collect();
+    let mut seen: Vec<(&str, String, u64)> = Vec::new();
+    let complete = |seen: &[(&str, String, u64)]| {
+        let has = |kind: &str, what: &str| seen.iter().any(|e| e.0 == kind && e.1 == what);
+        has("delete", "service victim")
+            && winners.iter().all(|w| has("put", &format!("endpoint {w}")))
+    };
+    let caught_up = tokio::time::timeout(SEEN, async {
+        while !complete(&seen) {
+            let (kind, object, revision) = match watch.next().await.unwrap() {
+                Some(Event::Put { object, revision }) => ("put", object, revision),
+                Some(Event::Delete { object, revision }) => ("delete", object, revision),
+                Some(_) => continue,
+                None => panic!("watch ended"),
+            };
+            let name = match object {
+                Object::Service(s) => format!("service {}", s.name),
+                Object::Endpoint(e) => format!("endpoint {}", e.service),
+                other => format!("{other:?}"),
+            };
+            seen.push((kind, name, revision));
+        }
+    });
+    caught_up.await.expect("B's watch caught up");
+    assert!(seen.windows(2).all(|w| w[0].2 <= w[1].2), "{seen:?}");
+    assert!(seen.contains(&("delete", "service victim".into(), gone.revision)));
+    for w in &winners {
+        let at = |what: String| seen.iter().position(|e| e.0 == "put" && e.1 == what);
+        let (service, endpoint) = (at(format!("service {w}")), at(format!("endpoint {w}")));
+        assert!(service.is_some() && service < endpoint, "{w}: {seen:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_leased_endpoints_expire_on_the_other() {
     let etcd = EtcdCluster::start("expire");
@@ -514,6 +689,116 @@ async fn one_etcd_member_down_changes_nothing() {
     assert_eq!(endpoint_ids(&cb, "before").await, ["10.1.0.1:80"]);
     let s = cb.status().await.unwrap();
     assert_eq!((s.services, s.endpoints), (3, 2));
+}
+
+/// A network created on one node gets its conflist on the other without a restart (same
+/// content as on the node that created it), and goes from both when removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_reach_every_nodes_cni_config_dir() {
+    let etcd = EtcdCluster::start("networks");
+    let a = Node::start("node-a", &etcd.url());
+    let b = Node::start("node-b", &etcd.url());
+    let conflist =
+        |node: &Node, name: &str| node.dir.0.join("cni").join(format!("{name}.conflist"));
+    let read = |path: PathBuf| std::fs::read_to_string(path).ok();
+
+    ok(&cli(
+        &a.socket,
+        &[
+            "network",
+            "create",
+            "blue",
+            "--subnet",
+            "10.93.0.0/24",
+            "--isolate",
+        ],
+    ));
+    let on_a = read(conflist(&a, "blue")).expect("A wrote its own conflist");
+    assert!(
+        wait_until(SEEN, || read(conflist(&b, "blue")).as_ref() == Some(&on_a)),
+        "B's conflist: {:?}\nB's log:\n{}",
+        read(conflist(&b, "blue")),
+        b.log()
+    );
+    assert!(
+        on_a.contains("10.93.0.0/24") && on_a.contains("\"isolate\": true"),
+        "{on_a}"
+    );
+
+    // Created on B, it reaches A the same way; removed on A, it leaves B.
+    ok(&cli(
+        &b.socket,
+        &["network", "create", "green", "--subnet", "10.94.0.0/24"],
+    ));
+    assert!(
+        wait_until(SEEN, || conflist(&a, "green").exists()),
+        "{}",
+        a.log()
+    );
+    ok(&cli(&a.socket, &["network", "rm", "blue"]));
+    assert!(!conflist(&a, "blue").exists());
+    assert!(
+        wait_until(SEEN, || !conflist(&b, "blue").exists()),
+        "B kept blue's conflist; B's log:\n{}",
+        b.log()
+    );
+    ok(&cli(&a.socket, &["network", "rm", "green"]));
+    assert!(wait_until(SEEN, || !conflist(&b, "green").exists()));
+    // The default network's conflist stays on both.
+    assert!(conflist(&a, "netd").exists() && conflist(&b, "netd").exists());
+}
+
+/// A member that hangs (SIGSTOP: connections stay open, nothing answers) does not stall the
+/// watch of the node that follows the registry through it: the node notices the silence,
+/// moves its watch to another member and catches up with what another node wrote meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_member_does_not_stall_a_nodes_watch() {
+    let etcd = EtcdCluster::start("hung");
+    // B talks to and watches through member 1; A through member 0.
+    let a = Node::start("node-a", &etcd.url_from(0));
+    let b = Node::start("node-b", &etcd.url_from(1));
+    let (ca, cb) = (a.client(), b.client());
+    ca.put_service(&service("before", 80)).await.unwrap();
+    assert!(
+        eventually(SEEN, || async {
+            cb.service("default", "before")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        })
+        .await
+    );
+
+    etcd.signal(1, libc::SIGSTOP);
+    ca.put_service(&service("during", 81)).await.unwrap();
+    ca.register_endpoint("default", "during", &endpoint("10.1.0.9", 81, None))
+        .await
+        .unwrap();
+    let seen = eventually(SEEN, || async {
+        endpoint_ids(&cb, "during").await == ["10.1.0.9:81"]
+    })
+    .await;
+    etcd.signal(1, libc::SIGCONT);
+    assert!(
+        seen,
+        "B's watch stalled on the stopped member; B's log:\n{}",
+        b.log()
+    );
+    assert!(b.log().contains("stopped answering"), "{}", b.log());
+
+    // Member 1 back: both nodes keep following each other.
+    cb.put_service(&service("after", 82)).await.unwrap();
+    assert!(
+        eventually(SEEN, || async {
+            ca.service("default", "after")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        })
+        .await
+    );
 }
 
 fn attachment(id: &str, ip: &str) -> AttachmentSpec {

@@ -16,16 +16,18 @@
 //! that is not. If a store transaction fails, every change in it and every change queued after
 //! it (they were validated against it) fails, and the tip falls back to the published snapshot.
 //!
-//! With a shared store (etcd, several nodes) the write path is the same up to the store; then
-//! the snapshot and the watch batch come from the store's feed instead ([`Store::follow`]): a
-//! follower task applies every change, this node's and other nodes', in revision order, and
-//! `commit` waits until its own revision has come through. Operations re-run against the newer
-//! snapshot when another node committed first ([`StoreError::Conflict`]), a few times, then
-//! give up with [`StoreError::Contended`].
+//! With a shared store (etcd, several nodes) writers are grouped too, by a committer of its
+//! own (`shared`: chains of changes guarded by the store's revision, groups within the
+//! store's transaction limits). The snapshot and the watch batch come from the store's feed
+//! instead ([`Store::follow`]): a follower task applies every change, this node's and other
+//! nodes', in revision order, and `commit` waits until its own revision has come through.
+//! Operations re-run against the newer snapshot when another node committed first
+//! ([`StoreError::Conflict`]), a few times, then give up with [`StoreError::Contended`].
 //!
 //! Submodules: [`model`] (snapshot and records), [`store`] (persistence behind a trait),
 //! [`watch`] (fan-out), [`leases`] (lease operations, deadlines and expiry), [`health`] (the
-//! health checker's write path); `services` and `attachments` hold the other operations.
+//! health checker's write path); `services` and `attachments` hold the other operations,
+//! `shared` the group commit on a shared store.
 //! Networks' conflist side effects live in [`crate::networks`], not here.
 
 mod attachments;
@@ -33,11 +35,13 @@ pub mod health;
 pub mod leases;
 pub mod model;
 mod services;
+mod shared;
 pub mod store;
 pub mod watch;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -135,11 +139,14 @@ pub struct Registry {
     store: Arc<dyn Store>,
     snapshot: ArcSwap<Snapshot>,
     /// The write lock; it guards the tip: the published snapshot plus every change queued for
-    /// the committer (equal to the published one when nothing is queued, and always with a
-    /// shared store).
-    write: Arc<Mutex<Arc<Snapshot>>>,
-    /// Queue of the committer task (local store only).
-    committer: Option<mpsc::UnboundedSender<Queued>>,
+    /// the committer (equal to the published one when nothing is queued).
+    write: Arc<Mutex<Tip>>,
+    /// Queue of the committer task.
+    committer: Committer,
+    /// Shared store: sequence number ([`Tip::seq`]) of the last change whose writer is done
+    /// (answered, or failed); when it is the last one queued, writers validate against the
+    /// published snapshot.
+    finished: AtomicU64,
     hub: Arc<WatchHub>,
     /// Last committed revision, for in-process followers (health checker) that only need to
     /// know *that* something changed; they read the snapshot themselves.
@@ -169,11 +176,31 @@ fn conflict_backoff(tries: u32) -> Duration {
     Duration::from_millis((seed >> 32) % (cap + 1))
 }
 
+/// What writers validate against, under the write lock.
+struct Tip {
+    /// The published snapshot plus every change queued for the committer. With a shared
+    /// store it is only used while a queued change is pending (see [`Registry::begin`]).
+    snapshot: Arc<Snapshot>,
+    /// Shared store: sequence number of the last change queued.
+    seq: u64,
+}
+
+/// The committer a registry queues its changes to.
+enum Committer {
+    /// Local store: one store transaction per group, published here.
+    Local(mpsc::UnboundedSender<Queued>),
+    /// Shared store: one store transaction per group, published from the feed.
+    Shared(mpsc::UnboundedSender<shared::Queued>),
+}
+
 /// A write in progress: holds the write lock; nothing is visible until [`WriteTxn::commit`].
 pub struct WriteTxn {
     registry: Arc<Registry>,
-    guard: OwnedMutexGuard<Arc<Snapshot>>,
+    guard: OwnedMutexGuard<Tip>,
     base: Arc<Snapshot>,
+    /// The base is the tip left by a pending change of a shared store, not the published
+    /// snapshot.
+    chained: bool,
     ops: Vec<Op>,
 }
 
@@ -220,8 +247,11 @@ impl WriteTxn {
     /// is cancelled, so memory and store never diverge.
     pub async fn commit(self) -> Result<Committed, RegistryError> {
         if self.ops.is_empty() {
-            let durable = self.registry.snapshot().revision >= self.base.revision;
-            if durable || self.registry.committer.is_none() {
+            let durable = match self.registry.committer {
+                Committer::Local(_) => self.registry.snapshot().revision >= self.base.revision,
+                Committer::Shared(_) => !self.chained,
+            };
+            if durable {
                 return Ok(Committed {
                     revision: self.base.revision,
                     snapshot: self.base,
@@ -240,6 +270,7 @@ impl WriteTxn {
             registry,
             mut guard,
             base,
+            chained,
             ops,
         } = self;
         let revision = base.revision + u64::from(!ops.is_empty());
@@ -250,56 +281,46 @@ impl WriteTxn {
                 del => del,
             })
             .collect();
-        if let Some(committer) = &registry.committer {
-            let next = if ops.is_empty() {
-                base.clone()
-            } else {
-                let mut next = (*base).clone();
-                for op in &ops {
-                    next.apply(op);
-                }
-                next.revision = revision;
-                Arc::new(next)
-            };
-            let (done, wait) = oneshot::channel();
-            let queued = Queued {
-                base_revision: base.revision,
-                revision,
-                store_ops: ops.iter().map(Op::to_store_op).collect(),
-                ops,
-                next: next.clone(),
-                done,
-            };
-            if committer.send(queued).is_err() {
-                return Err(RegistryError::Internal("the committer stopped".into()));
+        let next = if ops.is_empty() {
+            base.clone()
+        } else {
+            let mut next = (*base).clone();
+            for op in &ops {
+                next.apply(op);
             }
-            *guard = next.clone();
-            drop(guard);
-            return match wait.await {
-                Ok(Ok(())) => Ok(Committed {
-                    revision,
-                    snapshot: next,
-                }),
-                Ok(Err(e)) => Err(e.into()),
-                Err(_) => Err(RegistryError::Internal("the committer stopped".into())),
-            };
+            next.revision = revision;
+            Arc::new(next)
+        };
+        let committer = match &registry.committer {
+            Committer::Local(committer) => committer,
+            Committer::Shared(committer) => {
+                let base = (!chained).then_some(base.revision);
+                let ops = ops.iter().map(Op::to_store_op).collect();
+                return shared::commit(&registry, committer, guard, base, ops, next).await;
+            }
+        };
+        let (done, wait) = oneshot::channel();
+        let queued = Queued {
+            base_revision: base.revision,
+            revision,
+            store_ops: ops.iter().map(Op::to_store_op).collect(),
+            ops,
+            next: next.clone(),
+            done,
+        };
+        if committer.send(queued).is_err() {
+            return Err(RegistryError::Internal("the committer stopped".into()));
         }
-        let stored = registry
-            .store
-            .commit(Txn {
-                base_revision: base.revision,
-                revision,
-                ops: ops.iter().map(Op::to_store_op).collect(),
-            })
-            .await?;
-        // No committer: the store is shared, and the follower publishes the change, with
-        // whatever other nodes changed before it.
-        let snapshot = registry.wait_applied(stored).await?;
+        guard.snapshot = next.clone();
         drop(guard);
-        Ok(Committed {
-            revision: stored,
-            snapshot,
-        })
+        match wait.await {
+            Ok(Ok(())) => Ok(Committed {
+                revision,
+                snapshot: next,
+            }),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(RegistryError::Internal("the committer stopped".into())),
+        }
     }
 }
 
@@ -346,24 +367,34 @@ impl Registry {
         }
         let feed = store.follow(snap.revision);
         let snap = Arc::new(snap);
-        let (queue, queued) = mpsc::unbounded_channel();
+        let (local, local_queue) = mpsc::unbounded_channel();
+        let (shared, shared_queue) = mpsc::unbounded_channel();
         let registry = Arc::new(Self {
             store,
             hub: WatchHub::new(snap.revision),
             revisions: revision_watch::Sender::new(snap.revision),
             snapshot: ArcSwap::new(snap.clone()),
-            write: Arc::new(Mutex::new(snap)),
-            committer: feed.is_none().then_some(queue),
+            write: Arc::new(Mutex::new(Tip {
+                snapshot: snap,
+                seq: 0,
+            })),
+            committer: match feed {
+                Some(_) => Committer::Shared(shared),
+                None => Committer::Local(local),
+            },
+            finished: AtomicU64::new(0),
             leases,
             config,
             shared: feed.is_some(),
         });
+        let weak = Arc::downgrade(&registry);
         match feed {
             Some(feed) => {
-                tokio::spawn(follow_feed(Arc::downgrade(&registry), feed));
+                tokio::spawn(follow_feed(weak.clone(), feed));
+                tokio::spawn(shared::run(weak, shared_queue));
             }
             None => {
-                tokio::spawn(run_committer(Arc::downgrade(&registry), queued));
+                tokio::spawn(run_committer(weak, local_queue));
             }
         }
         Ok(registry)
@@ -544,15 +575,19 @@ impl Registry {
     /// before it, durable or still queued.
     pub async fn begin(self: &Arc<Self>) -> WriteTxn {
         let guard = self.write.clone().lock_owned().await;
-        let base = if self.shared {
+        // A shared store's published snapshot also moves with other nodes' changes: it is the
+        // base unless one of this node's changes is still pending.
+        let chained = self.shared && self.finished.load(Ordering::Acquire) < guard.seq;
+        let base = if self.shared && !chained {
             self.snapshot()
         } else {
-            guard.clone()
+            guard.snapshot.clone()
         };
         WriteTxn {
             registry: self.clone(),
             guard,
             base,
+            chained,
             ops: Vec::new(),
         }
     }
@@ -623,7 +658,7 @@ async fn run_committer(registry: Weak<Registry>, mut queue: mpsc::UnboundedRecei
                 while let Ok(q) = queue.try_recv() {
                     let _ = q.done.send(Err(failed()));
                 }
-                *tip = registry.snapshot();
+                tip.snapshot = registry.snapshot();
             }
         }
     }

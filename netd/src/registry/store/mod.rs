@@ -15,6 +15,9 @@
 //!   registry can wait until the feed has delivered it.
 //! - [`Store::commit`] may fail with [`StoreError::Conflict`] when another writer committed
 //!   since `base_revision`; the registry re-runs the operation against the newer snapshot.
+//!   One commit may carry the changes of several writers (group commit); [`Store::limits`]
+//!   says how many fit, and a shared store must accept any set of changes to distinct keys
+//!   within them.
 //! - [`Store::leases`]: leases live in the backend (granted, kept alive and expired by it), so
 //!   a dead node's leased records vanish without that node's help.
 
@@ -247,6 +250,43 @@ pub enum StoreError {
     },
 }
 
+/// How much one transaction of a store may carry. The registry groups concurrent writers of a
+/// shared store into one transaction and keeps each group within these limits (a single
+/// change larger than them is still sent alone, and the store reports why it is refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnLimits {
+    /// Record operations ([`StoreOp`]s) per transaction, not counting what the store adds
+    /// itself (etcd's revision guard).
+    pub ops: usize,
+    /// Bytes of keys and values per transaction.
+    pub bytes: usize,
+}
+
+impl TxnLimits {
+    /// No limit (the embedded store).
+    pub const NONE: TxnLimits = TxnLimits {
+        ops: usize::MAX,
+        bytes: usize::MAX,
+    };
+}
+
+impl StoreOp {
+    /// Table and key the operation changes.
+    pub fn target(&self) -> (Table, &str) {
+        match self {
+            StoreOp::Put { table, key, .. } | StoreOp::Delete { table, key } => (*table, key),
+        }
+    }
+
+    /// Bytes of key and value, for [`TxnLimits::bytes`].
+    pub fn size(&self) -> usize {
+        match self {
+            StoreOp::Put { key, value, .. } => key.len() + value.len(),
+            StoreOp::Delete { key, .. } => key.len(),
+        }
+    }
+}
+
 /// Leases kept by a shared store itself: records attached to a lease (see [`StoreOp::Put`])
 /// disappear, in one revision reported by the feed, when it is revoked or when nobody keeps
 /// it alive for its TTL, for example because the node holding it died.
@@ -287,5 +327,10 @@ pub trait Store: Send + Sync + 'static {
     /// A shared store's leases. `None` (the default): the registry keeps leases itself.
     fn leases(&self) -> Option<&dyn SharedLeases> {
         None
+    }
+
+    /// What one [`Store::commit`] may carry (default: no limit).
+    fn limits(&self) -> TxnLimits {
+        TxnLimits::NONE
     }
 }

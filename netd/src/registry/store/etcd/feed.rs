@@ -5,6 +5,12 @@
 //! connection reset) the watch is opened again on the next member from the revision after the
 //! last one delivered, so nothing is lost or repeated. When that revision has been compacted
 //! away, everything is read again and delivered as a [`Change::Resync`].
+//!
+//! A member that hangs (stopped, overloaded, cut off from the others) keeps the connection
+//! open and just sends nothing, which looks the same as a registry nobody changes. So when the
+//! stream has been silent for [`SILENCE`], the member is asked a linearizable read (which
+//! needs it to be alive and in touch with the cluster's leader); no answer within
+//! [`PROBE_TIMEOUT`] counts as a broken stream, and the watch moves on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +19,19 @@ use bytes::{Buf, BytesMut};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
-use super::gateway::Gateway;
-use super::wire::{Streamed, WatchCreate, WatchRequest, WatchResponse};
-use super::{load_all, parse_key, prefix, prefix_end};
+use super::gateway::{Gateway, GatewayError};
+use super::wire::{
+    RangeRequest, RangeResponse, Streamed, WatchCreate, WatchRequest, WatchResponse,
+};
+use super::{load_all, parse_key, prefix, prefix_end, REVISION_KEY};
 use crate::registry::store::{Change, ChangeOp, Entry};
 
 /// Longest pause between attempts to reopen the watch.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long the stream may stay silent before its member is asked whether it still answers.
+pub const SILENCE: Duration = Duration::from_secs(2);
+/// How long that question may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a watch stream ended.
 enum Ended {
@@ -79,7 +91,16 @@ async fn watch(
     };
     let mut buf = BytesMut::new();
     loop {
-        let frame = match body.frame().await {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            () = tokio::time::sleep(SILENCE) => {
+                if let Err(e) = probe(gateway, idx).await {
+                    return Ended::Broken(format!("the member stopped answering ({e})"));
+                }
+                continue;
+            }
+        };
+        let frame = match frame {
             Some(Ok(frame)) => frame,
             Some(Err(e)) => return Ended::Broken(e.to_string()),
             None => return Ended::Broken("the member closed the stream".into()),
@@ -127,6 +148,20 @@ async fn watch(
             }
         }
     }
+}
+
+/// Asks member `idx` for a linearizable read of the revision key.
+async fn probe(gateway: &Gateway, idx: usize) -> Result<(), GatewayError> {
+    let req = RangeRequest {
+        key: REVISION_KEY.as_bytes().to_vec(),
+        range_end: Vec::new(),
+        limit: 1,
+        revision: 0,
+    };
+    let _: RangeResponse = gateway
+        .call_member(idx, "/v3/kv/range", &req, PROBE_TIMEOUT)
+        .await?;
+    Ok(())
 }
 
 /// The revision `*next` is gone from etcd's history: read everything and start over after it.

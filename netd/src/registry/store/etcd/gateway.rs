@@ -6,6 +6,8 @@
 //! transaction is guarded by a compare, so one that reached a member that then died is refused
 //! as a conflict when sent again, never applied twice. Idle connections are kept per member and
 //! reused; a reused connection that fails is replaced by a fresh one before failing over.
+//! [`Gateway::call_member`] asks one given member, without failover (the watch's question
+//! whether its member still answers).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -144,6 +146,46 @@ impl Gateway {
             });
         }
         Err(GatewayError::Unreachable(failures.join("; ")))
+    }
+
+    /// POSTs `req` to member `idx` only, with no failover, waiting at most `timeout`: to ask
+    /// whether that member still answers.
+    pub async fn call_member<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        idx: usize,
+        path: &str,
+        req: &Q,
+        timeout: Duration,
+    ) -> Result<A, GatewayError> {
+        let endpoint = &self.endpoints[idx];
+        let body = Bytes::from(serde_json::to_vec(req).map_err(|e| GatewayError::Decode {
+            endpoint: endpoint.clone(),
+            message: format!("cannot encode the request: {e}"),
+        })?);
+        let (status, bytes) = tokio::time::timeout(timeout, self.exchange(idx, path, body))
+            .await
+            .map_err(|_| {
+                GatewayError::Unreachable(format!("{endpoint}: no answer within {timeout:?}"))
+            })?
+            .map_err(|e| GatewayError::Unreachable(format!("{endpoint}: {e}")))?;
+        if status != StatusCode::OK {
+            let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(b) if !b.message.is_empty() => (b.code, b.message),
+                _ => (
+                    0,
+                    format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
+                ),
+            };
+            return Err(GatewayError::Etcd {
+                endpoint: endpoint.clone(),
+                code,
+                message,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| GatewayError::Decode {
+            endpoint: endpoint.clone(),
+            message: format!("{e}: {}", String::from_utf8_lossy(&bytes)),
+        })
     }
 
     /// Opens a streaming POST (a watch) to member `idx` on a connection of its own; returns

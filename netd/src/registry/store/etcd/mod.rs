@@ -19,7 +19,10 @@
 //!   a dead node's leased endpoints by itself.
 //!
 //! Limits: a registry transaction is one etcd transaction, so it is bounded by etcd's
-//! `--max-txn-ops` (default 128 operations; the error says so) and `--max-request-bytes`.
+//! `--max-txn-ops` (default 128 operations, [`MAX_TXN_OPS`], one of them the revision guard;
+//! the error says so) and `--max-request-bytes`. The registry groups the changes of
+//! concurrent writers into one transaction within [`Store::limits`] and never puts two changes
+//! of one key into one transaction (etcd refuses duplicate keys).
 
 mod feed;
 pub mod gateway;
@@ -39,7 +42,7 @@ use self::wire::{
 };
 use super::{
     ChangeFeed, Entry, Loaded, SharedLeases, Store, StoreError, StoreFuture, StoreInfo, StoreOp,
-    Table, Txn,
+    Table, Txn, TxnLimits,
 };
 
 /// Key prefix of everything netd stores.
@@ -52,6 +55,14 @@ const PAGE: u64 = 1000;
 const FEED_BUFFER: usize = 1024;
 /// How often held leases are checked for a keepalive due.
 const KEEPALIVE_TICK: Duration = Duration::from_millis(250);
+/// Operations etcd allows in one transaction branch by default (`--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+/// Operations every netd transaction spends on the revision guard (the put of
+/// [`REVISION_KEY`]), out of [`MAX_TXN_OPS`].
+pub const GUARD_OPS: usize = 1;
+/// Bytes of keys and values a grouped transaction may carry: a third of etcd's default
+/// `--max-request-bytes` (1.5 MiB), leaving room for the encoding.
+pub const GROUP_BYTES: usize = 512 * 1024;
 
 fn prefix() -> Vec<u8> {
     PREFIX.as_bytes().to_vec()
@@ -389,6 +400,13 @@ impl Store for EtcdStore {
 
     fn leases(&self) -> Option<&dyn SharedLeases> {
         Some(self)
+    }
+
+    fn limits(&self) -> TxnLimits {
+        TxnLimits {
+            ops: MAX_TXN_OPS - GUARD_OPS,
+            bytes: GROUP_BYTES,
+        }
     }
 }
 
