@@ -38,16 +38,66 @@ impl Upstream {
     }
 }
 
-/// Parsed once: removing by a `&str` parses and validates the name on every call, which was
-/// a seventh of a proxied request's instructions.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::TE,
-    http::header::TRAILER,
-];
+/// What a header name is to a proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// End to end.
+    No,
+    /// `Connection`: hop-by-hop, and lists more hop-by-hop names.
+    Connection,
+    /// Hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1, plus the legacy `Keep-Alive`
+    /// and `Proxy-Connection`).
+    Fixed,
+}
+
+/// `name` is lowercase, as a `HeaderName` always is.
+fn hop(name: &str) -> Hop {
+    match name {
+        "connection" => Hop::Connection,
+        "upgrade"
+        | "keep-alive"
+        | "proxy-connection"
+        | "proxy-authenticate"
+        | "proxy-authorization"
+        | "te"
+        | "trailer" => Hop::Fixed,
+        _ => Hop::No,
+    }
+}
+
+/// A few items on the stack, any more in a `Vec`: [`strip_hop_by_hop`]'s lists (names
+/// `Connection` lists, names to remove) rarely hold more than one or two.
+struct Few<T> {
+    inline: [Option<T>; 4],
+    more: Vec<T>,
+}
+
+impl<T> Few<T> {
+    fn new() -> Self {
+        Self {
+            inline: [const { None }; 4],
+            more: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, item: T) {
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(item),
+            None => self.more.push(item),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.inline[0].is_none()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.inline
+            .iter()
+            .map_while(Option::as_ref)
+            .chain(&self.more)
+    }
+}
 
 /// True when the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -61,24 +111,49 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header lists.
+///
+/// One pass over the headers finds them (most messages carry none, or only `Connection:
+/// keep-alive`), and only the names found are removed: removing every candidate by name
+/// hashed a dozen names per message and parsed and allocated the listed ones, a tenth of a
+/// proxied request's instructions.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in listed {
-            headers.remove(name);
+    let mut doomed = Few::new();
+    {
+        // Names `Connection` lists beyond the fixed ones (and `close`, which names no header).
+        let mut listed = Few::new();
+        let mut last: *const HeaderName = std::ptr::null();
+        // Every value in turn; the values of one name come one after the other, with the
+        // same name.
+        for (name, value) in headers.iter() {
+            let kind = hop(name.as_str());
+            if kind == Hop::No {
+                continue;
+            }
+            if kind == Hop::Connection {
+                let tokens = value.to_str().into_iter().flat_map(|v| v.split(','));
+                for t in tokens.map(str::trim) {
+                    let fixed = t.bytes().all(|b| !b.is_ascii_uppercase()) && hop(t) != Hop::No;
+                    if !(t.is_empty() || fixed || t.eq_ignore_ascii_case("close")) {
+                        listed.push(t);
+                    }
+                }
+            }
+            if !std::ptr::eq(last, name) {
+                doomed.push(name.clone());
+                last = name;
+            }
         }
-        headers.remove(CONNECTION);
+        if !listed.is_empty() {
+            for name in headers.keys() {
+                if listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str())) {
+                    doomed.push(name.clone());
+                }
+            }
+        }
     }
-    for name in &HOP_BY_HOP {
+    for name in doomed.iter() {
         headers.remove(name);
     }
-    headers.remove(UPGRADE);
 }
 
 impl Service<Request<Incoming>> for Upstream {
@@ -212,6 +287,40 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-app"));
+        // Listed names are matched case-insensitively, several Connection headers count, the
+        // fixed names go whether listed or not, and many at once are all removed.
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, "close, X-One".parse().unwrap());
+        h.append(CONNECTION, " x-two ,TE".parse().unwrap());
+        for name in [
+            "x-one",
+            "x-two",
+            "te",
+            "trailer",
+            "upgrade",
+            "proxy-connection",
+        ] {
+            h.insert(name, "1".parse().unwrap());
+        }
+        for i in 0..12 {
+            let name: HeaderName = format!("x-hop-{i}").parse().unwrap();
+            h.insert(name, "1".parse().unwrap());
+            h.append(CONNECTION, format!("x-hop-{i}").parse().unwrap());
+        }
+        h.insert("x-keep", "1".parse().unwrap());
+        h.insert(http::header::HOST, "web".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["host", "x-keep"]);
+        // Nothing hop-by-hop: untouched.
+        let mut h = HeaderMap::new();
+        h.insert(http::header::HOST, "web".parse().unwrap());
+        h.append("x-multi", "1".parse().unwrap());
+        h.append("x-multi", "2".parse().unwrap());
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
         let mut h = HeaderMap::new();
         h.insert(CONNECTION, "Upgrade".parse().unwrap());
         h.insert(UPGRADE, "websocket".parse().unwrap());
