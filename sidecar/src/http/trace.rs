@@ -6,15 +6,16 @@ use std::convert::Infallible;
 use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response};
 use tower::{Layer, Service};
 
 use super::ProxyBody;
 use crate::balance::random;
 
-/// The header name.
-pub const TRACEPARENT: &str = "traceparent";
+/// The header name, parsed once (a `&str` name is parsed, and allocated when inserted, on
+/// every use).
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The trace id of a request (32 lowercase hex digits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +60,7 @@ where
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         let id = match req
             .headers()
-            .get(TRACEPARENT)
+            .get(&TRACEPARENT)
             .and_then(|v| parse(v.as_bytes()))
         {
             Some(id) => id,
