@@ -278,6 +278,21 @@ impl ServiceBalancer {
         self.set.load().pick(&self.rr, key).cloned()
     }
 
+    /// Picks an endpoint for a request whose hash key `key_of` hashes (called only when the
+    /// policy hashes), with one load of the endpoint set; returns the key's hash too, for
+    /// picking again. `None` when the service has no endpoints.
+    pub fn pick_for(
+        &self,
+        key_of: impl FnOnce(&HashKey) -> Option<u64>,
+    ) -> (Option<Arc<Endpoint>>, Option<u64>) {
+        let set = self.set.load();
+        let key = match &set.policy {
+            Policy::Hash(k) => key_of(k),
+            _ => None,
+        };
+        (set.pick(&self.rr, key).cloned(), key)
+    }
+
     /// Addresses currently balanced over.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
         self.set.load().endpoints.iter().map(|e| e.addr()).collect()

@@ -1,6 +1,8 @@
 //! W3C Trace Context: a request with a valid `traceparent` keeps it; one without (or with a
-//! malformed one) gets a new one, so every hop of a request shares a trace id. The trace id is
-//! put in the request extensions for the access log. Spans are not recorded (no collector).
+//! malformed one) gets a new one, so every hop of a request shares a trace id. The trace id
+//! goes down the stack with the request ([`ProxyRequest::trace`]) for the access log. Spans are
+//! not recorded (no collector). This outermost layer turns hyper's request into the stack's
+//! [`ProxyRequest`].
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -10,7 +12,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response};
 use tower::{Layer, Service};
 
-use super::ProxyBody;
+use super::{ProxyBody, ProxyRequest};
 use crate::balance::random;
 
 /// The header name, parsed once (a `&str` name is parsed, and allocated when inserted, on
@@ -47,7 +49,7 @@ pub struct TraceContext<S> {
 
 impl<S> Service<Request<Incoming>> for TraceContext<S>
 where
-    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>,
+    S: Service<ProxyRequest, Response = Response<ProxyBody>, Error = Infallible>,
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
@@ -70,7 +72,8 @@ where
                 id
             }
         };
-        req.extensions_mut().insert(id);
+        let mut req = ProxyRequest::new(req);
+        req.trace = Some(id);
         self.inner.call(req)
     }
 }

@@ -1,4 +1,4 @@
-//! The innermost service: sends a request to its [`Picked`] endpoint over the endpoint's
+//! The innermost service: sends a request to its [`Picked`](super::balance::Picked) endpoint over the endpoint's
 //! connection pool, in the connection's HTTP version, and wraps the response body so the
 //! endpoint's in-flight count and the pooled connection are released when it ends.
 //!
@@ -15,9 +15,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tower::Service;
 
-use super::balance::Picked;
 use super::observe::Routed;
-use super::{error_response, ProxyBody, ResponseFuture};
+use super::{error_response, ProxyBody, ProxyRequest, ProxyResponse, ResponseFuture};
 use crate::pool::{SendError, Version};
 
 /// Other endpoints tried when the picked one cannot be connected to.
@@ -156,8 +155,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-impl Service<Request<Incoming>> for Upstream {
-    type Response = Response<ProxyBody>;
+impl Service<ProxyRequest> for Upstream {
+    type Response = ProxyResponse;
     type Error = Infallible;
     type Future = ResponseFuture;
 
@@ -165,20 +164,29 @@ impl Service<Request<Incoming>> for Upstream {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> ResponseFuture {
+    fn call(&mut self, req: ProxyRequest) -> ResponseFuture {
         let version = self.version;
+        let ProxyRequest {
+            http: mut req,
+            picked,
+            ..
+        } = req;
+        let Some(picked) = picked else {
+            let resp = error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "request reached upstream without an endpoint",
+            );
+            return Box::pin(std::future::ready(Ok(ProxyResponse::new(
+                resp,
+                Routed::default(),
+            ))));
+        };
+        let upgrade = version == Version::Http1 && is_upgrade(req.headers());
+        if version == Version::Http1 && !upgrade {
+            strip_hop_by_hop(req.headers_mut());
+        }
         Box::pin(async move {
-            let Some(picked) = req.extensions_mut().remove::<Picked>() else {
-                return Ok(error_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "request reached upstream without an endpoint",
-                ));
-            };
             let mut endpoint = picked.endpoint.clone();
-            let upgrade = version == Version::Http1 && is_upgrade(req.headers());
-            if version == Version::Http1 && !upgrade {
-                strip_hop_by_hop(req.headers_mut());
-            }
             let mut attempts = 0;
             let (result, in_flight) = loop {
                 let in_flight = endpoint.start();
@@ -216,10 +224,10 @@ impl Service<Request<Incoming>> for Upstream {
                 }
             };
             let routed = Routed {
-                service: picked.service.clone(),
+                service: picked.service,
                 peer: Some(endpoint.metrics.clone()),
             };
-            let mut resp = match result {
+            let resp = match result {
                 Ok((resp, give_back)) => {
                     endpoint.observe(in_flight.started().elapsed());
                     let (mut parts, body) = resp.into_parts();
@@ -243,8 +251,7 @@ impl Service<Request<Incoming>> for Upstream {
                     error_response(StatusCode::BAD_GATEWAY, &e.to_string())
                 }
             };
-            resp.extensions_mut().insert(routed);
-            Ok(resp)
+            Ok(ProxyResponse::new(resp, routed))
         })
     }
 }
