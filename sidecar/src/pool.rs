@@ -163,6 +163,8 @@ impl Pool {
     async fn connect_h1(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
         let stream = sockopt::connect(self.addr, self.connect).await?;
         let (sender, conn) = http1::Builder::new()
+            // One buffer, one write (as the server side; see `http::serve`).
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| UpstreamError::Http {

@@ -272,6 +272,9 @@ where
                 .timer(TokioTimer::new())
                 .header_read_timeout(shared.limits.header_read_timeout)
                 .half_close(true)
+                // Head and body in one buffer and one write: hyper's queue of buffers for
+                // vectored writes cost more than copying the (usually small) bodies.
+                .writev(false)
                 .max_buf_size(shared.limits.max_header_bytes.max(8192))
                 .serve_connection(io, service)
                 .with_upgrades();
