@@ -279,9 +279,9 @@ where
                 .serve_connection(io, service)
                 .with_upgrades();
             tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = drain.signaled() => {
+            match drain.run_until(&mut conn).await {
+                Some(r) => r,
+                None => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -293,9 +293,9 @@ where
                 .max_header_list_size(shared.limits.max_header_bytes as u32)
                 .serve_connection(io, service);
             tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = drain.signaled() => {
+            match drain.run_until(&mut conn).await {
+                Some(r) => r,
+                None => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
