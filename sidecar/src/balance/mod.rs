@@ -104,6 +104,15 @@ impl Endpoint {
         }
     }
 
+    /// Records one round trip that started at `started` and ends now (one clock read for
+    /// both the duration and the estimate's timestamp).
+    pub fn observe_since(&self, started: Instant) {
+        let now = Instant::now();
+        if let Ok(mut e) = self.ewma.lock() {
+            e.observe(now.saturating_duration_since(started), now);
+        }
+    }
+
     /// Peak-EWMA load at `now`: latency estimate × (in-flight + 1).
     fn load(&self, now: Instant) -> f64 {
         let estimate = self.ewma.lock().map(|e| e.cost_ns(now)).unwrap_or(0.0);

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::{Entry, HeaderName, HeaderValue};
 use hyper::{Request, Response};
 use tower::{Layer, Service};
 
@@ -60,15 +60,19 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        let id = match req
-            .headers()
-            .get(&TRACEPARENT)
-            .and_then(|v| parse(v.as_bytes()))
-        {
-            Some(id) => id,
-            None => {
+        // One lookup (the name hashed once) whether the header is kept, replaced or added.
+        let id = match req.headers_mut().entry(TRACEPARENT) {
+            Entry::Occupied(mut e) => match parse(e.get().as_bytes()) {
+                Some(id) => id,
+                None => {
+                    let (value, id) = generate();
+                    e.insert(value);
+                    id
+                }
+            },
+            Entry::Vacant(e) => {
                 let (value, id) = generate();
-                req.headers_mut().insert(TRACEPARENT, value);
+                e.insert(value);
                 id
             }
         };
