@@ -123,7 +123,10 @@ where
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "request reached the balancer without a route",
                 );
-                return LayerFuture::Ready(Some(ProxyResponse::new(resp, Routed::default())));
+                return LayerFuture::Ready(Some(Box::new(ProxyResponse::new(
+                    resp,
+                    Routed::default(),
+                ))));
             }
         };
         match picked {
@@ -144,7 +147,7 @@ where
                     service: Some(b.metrics.clone()),
                     peer: None,
                 };
-                LayerFuture::Ready(Some(ProxyResponse::new(resp, routed)))
+                LayerFuture::Ready(Some(Box::new(ProxyResponse::new(resp, routed))))
             }
         }
     }

@@ -102,8 +102,9 @@ pub type ResponseFuture =
 pub enum LayerFuture<F> {
     /// The inner service's answer.
     Inner(F),
-    /// The layer's own answer (taken when polled).
-    Ready(Option<ProxyResponse>),
+    /// The layer's own answer (taken when polled); boxed, as answers of its own are errors
+    /// (rare) and a response is large next to the inner future that is moved every request.
+    Ready(Option<Box<ProxyResponse>>),
 }
 
 impl<F> Future for LayerFuture<F>
@@ -116,7 +117,7 @@ where
         match &mut *self {
             LayerFuture::Inner(f) => Pin::new(f).poll(cx),
             LayerFuture::Ready(r) => match r.take() {
-                Some(r) => Poll::Ready(Ok(r)),
+                Some(r) => Poll::Ready(Ok(*r)),
                 None => Poll::Pending,
             },
         }
@@ -156,7 +157,7 @@ where
         let mut cx = Context::from_waker(Waker::noop());
         match stack.poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => StackFuture::Called(stack.call(req)),
-            Poll::Pending => StackFuture::Waiting(Some((stack.clone(), req))),
+            Poll::Pending => StackFuture::Waiting(Some(Box::new((stack.clone(), req)))),
         }
     }
 }
@@ -166,8 +167,8 @@ where
 pub enum StackFuture<S: Service<Request<Incoming>>> {
     /// Waiting for the stack's response.
     Called(S::Future),
-    /// Waiting for (a clone of) the stack to be ready.
-    Waiting(Option<(S, Request<Incoming>)>),
+    /// Waiting for (a clone of) the stack to be ready (boxed: never the case today).
+    Waiting(Option<Box<(S, Request<Incoming>)>>),
 }
 
 impl<S> Future for StackFuture<S>
@@ -183,14 +184,15 @@ where
             match this {
                 StackFuture::Called(f) => return Pin::new(f).poll(cx),
                 StackFuture::Waiting(waiting) => {
-                    let Some((stack, _)) = waiting else {
+                    let Some(stack_and_req) = waiting else {
                         return Poll::Pending;
                     };
-                    match stack.poll_ready(cx) {
+                    match stack_and_req.0.poll_ready(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Ok(())) => {}
                     }
-                    if let Some((mut stack, req)) = waiting.take() {
+                    if let Some(stack_and_req) = waiting.take() {
+                        let (mut stack, req) = *stack_and_req;
                         *this = StackFuture::Called(stack.call(req));
                     }
                 }

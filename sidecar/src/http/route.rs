@@ -214,7 +214,7 @@ where
                     service: Some(unrouted),
                     peer: None,
                 };
-                LayerFuture::Ready(Some(ProxyResponse::new(resp, routed)))
+                LayerFuture::Ready(Some(Box::new(ProxyResponse::new(resp, routed))))
             }
         }
     }
