@@ -163,7 +163,12 @@ impl Service<ProxyRequest> for Upstream {
             let (result, in_flight) = loop {
                 let in_flight = endpoint.start();
                 let result = if upgrade {
-                    send_upgrade(&endpoint, req).await.map_err(SendError::from)
+                    // Boxed, as the connects in the pool: connecting is a large future and
+                    // rare, and the future every request allocates and moves is a third
+                    // smaller without it (2.3 -> 1.5 KB).
+                    Box::pin(send_upgrade(&endpoint, req))
+                        .await
+                        .map_err(SendError::from)
                 } else {
                     endpoint
                         .pool
