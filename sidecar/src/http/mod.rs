@@ -44,6 +44,7 @@ pub mod balance;
 pub mod body;
 pub mod observe;
 pub mod route;
+pub mod timer;
 pub mod trace;
 pub mod upstream;
 
@@ -271,7 +272,7 @@ where
     let result = match ctx.version {
         Version::Http1 => {
             let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
+                .timer(timer::ConnTimer::new())
                 .header_read_timeout(shared.limits.header_read_timeout)
                 .half_close(true)
                 // Head and body in one buffer and one write: hyper's queue of buffers for
