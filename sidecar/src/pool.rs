@@ -163,6 +163,8 @@ impl Pool {
     async fn connect_h1(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
         let stream = sockopt::connect(self.addr, self.connect).await?;
         let (sender, conn) = http1::Builder::new()
+            // One buffer, one write (as the server side; see `http::serve`).
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| UpstreamError::Http {
@@ -183,7 +185,9 @@ impl Pool {
         for _ in 0..ATTEMPTS {
             let (mut sender, reused) = match self.checkout() {
                 Some(s) => (s, true),
-                None => match self.connect_h1().await {
+                // Connecting is boxed (here and below): its future is most of a send's size,
+                // which every request's future would carry, and connections are rare.
+                None => match Box::pin(self.connect_h1()).await {
                     Ok(s) => (s, false),
                     Err(error) => {
                         return Err(SendError {
@@ -218,7 +222,7 @@ impl Pool {
             }
         }
         // Every reused connection was dead: one last try on a fresh one.
-        let mut sender = match self.connect_h1().await {
+        let mut sender = match Box::pin(self.connect_h1()).await {
             Ok(s) => s,
             Err(error) => {
                 return Err(SendError {
@@ -242,6 +246,11 @@ impl Pool {
         if let Some(s) = self.current_h2() {
             return Ok(s);
         }
+        // Boxed: the handshake is a large future and runs once per connection.
+        Box::pin(self.connect_h2()).await
+    }
+
+    async fn connect_h2(&self) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
         let _connecting = self.h2_connecting.lock().await;
         if let Some(s) = self.current_h2() {
             return Ok(s);

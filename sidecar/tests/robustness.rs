@@ -77,6 +77,64 @@ async fn bad_input_is_refused_and_leaves_nothing_behind() {
     running.shutdown().await;
 }
 
+/// Reads from `s` until the sidecar closes the connection (or 5 s pass): what it sent, and
+/// how long the close took.
+async fn until_closed(s: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    (out, started.elapsed())
+}
+
+#[tokio::test]
+async fn slow_request_heads_time_out_on_every_request_of_a_connection() {
+    let a = backend("a", Proto::H1).await;
+    let running = sidecar(web_snapshot("http", &[a.addr], "p2c"), |c| {
+        c.default_target = Some("10.96.0.10:80".parse().unwrap());
+        c.limits.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let out = running.addrs.outbound;
+
+    // A first head that never completes: the connection is closed after the timeout.
+    let mut s = TcpStream::connect(out).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\n")
+        .await
+        .unwrap();
+    let (reply, took) = until_closed(&mut s).await;
+    assert!(!reply.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+
+    // Requests answered on one connection, then a head that stalls: the timer, re-armed for
+    // every request (from when the sidecar starts waiting for the next head, right after a
+    // response), still closes it.
+    let mut s = TcpStream::connect(out).await.unwrap();
+    let mut answered = std::time::Instant::now();
+    for _ in 0..3 {
+        s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        answered = std::time::Instant::now();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.write_all(b"GET / HTTP/1.1\r\nhost: w").await.unwrap();
+    let (reply, _) = until_closed(&mut s).await;
+    let took = answered.elapsed();
+    assert!(!reply.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert_eq!(settle(&running).await, 0);
+    running.shutdown().await;
+}
+
 #[tokio::test]
 async fn detection_garbage_and_silence_fall_back_to_opaque() {
     let running = sidecar(web_snapshot("http", &[], "p2c"), |c| {

@@ -104,6 +104,15 @@ impl Endpoint {
         }
     }
 
+    /// Records one round trip that started at `started` and ends now (one clock read for
+    /// both the duration and the estimate's timestamp).
+    pub fn observe_since(&self, started: Instant) {
+        let now = Instant::now();
+        if let Ok(mut e) = self.ewma.lock() {
+            e.observe(now.saturating_duration_since(started), now);
+        }
+    }
+
     /// Peak-EWMA load at `now`: latency estimate × (in-flight + 1).
     fn load(&self, now: Instant) -> f64 {
         let estimate = self.ewma.lock().map(|e| e.cost_ns(now)).unwrap_or(0.0);
@@ -276,6 +285,21 @@ impl ServiceBalancer {
     /// one and the request carries it. `None` when the service has no endpoints.
     pub fn pick(&self, key: Option<u64>) -> Option<Arc<Endpoint>> {
         self.set.load().pick(&self.rr, key).cloned()
+    }
+
+    /// Picks an endpoint for a request whose hash key `key_of` hashes (called only when the
+    /// policy hashes), with one load of the endpoint set; returns the key's hash too, for
+    /// picking again. `None` when the service has no endpoints.
+    pub fn pick_for(
+        &self,
+        key_of: impl FnOnce(&HashKey) -> Option<u64>,
+    ) -> (Option<Arc<Endpoint>>, Option<u64>) {
+        let set = self.set.load();
+        let key = match &set.policy {
+            Policy::Hash(k) => key_of(k),
+            _ => None,
+        };
+        (set.pick(&self.rr, key).cloned(), key)
     }
 
     /// Addresses currently balanced over.

@@ -1,5 +1,6 @@
 //! Per-request endpoint choice: takes the request's [`Dest`], asks the service's balancer
-//! (with the request's hash key for hashing policies) and records the [`Picked`] endpoint.
+//! (with the request's hash key for hashing policies) and records the [`Picked`] endpoint in
+//! [`ProxyRequest::picked`].
 //! One HTTP/2 or keep-alive connection is thereby spread over every endpoint.
 
 use std::convert::Infallible;
@@ -8,12 +9,12 @@ use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
 use hyper::header::COOKIE;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, StatusCode};
 use tower::{Layer, Service};
 
 use super::observe::Routed;
 use super::route::Dest;
-use super::{error_response, ConnContext, ProxyBody, ResponseFuture};
+use super::{error_response, ConnContext, LayerFuture, ProxyRequest, ProxyResponse};
 use crate::balance::{hash_bytes, Endpoint, HashKey, ServiceBalancer};
 use crate::metrics::HttpMetrics;
 
@@ -60,9 +61,9 @@ pub struct Balance<S> {
     ctx: Arc<ConnContext>,
 }
 
-/// The hash of the request's key for a hashing balancer, if the request has one.
-fn request_key(b: &ServiceBalancer, req: &Request<Incoming>, ctx: &ConnContext) -> Option<u64> {
-    match b.hash_key()? {
+/// The hash of the request's `key` (what a hashing balancer hashes), if the request has one.
+fn request_key(key: &HashKey, req: &Request<Incoming>, ctx: &ConnContext) -> Option<u64> {
+    match key {
         HashKey::Header(name) => req
             .headers()
             .get(name.as_str())
@@ -75,7 +76,7 @@ fn request_key(b: &ServiceBalancer, req: &Request<Incoming>, ctx: &ConnContext) 
             .flat_map(|v| v.split(';'))
             .find_map(|kv| {
                 let (k, v) = kv.trim().split_once('=')?;
-                (k == name).then(|| hash_bytes(v.as_bytes()))
+                (k == name.as_str()).then(|| hash_bytes(v.as_bytes()))
             }),
         HashKey::Source => Some(match ctx.client.ip() {
             std::net::IpAddr::V4(ip) => hash_bytes(&ip.octets()),
@@ -84,25 +85,21 @@ fn request_key(b: &ServiceBalancer, req: &Request<Incoming>, ctx: &ConnContext) 
     }
 }
 
-impl<S> Service<Request<Incoming>> for Balance<S>
+impl<S> Service<ProxyRequest> for Balance<S>
 where
-    S: Service<
-        Request<Incoming>,
-        Response = Response<ProxyBody>,
-        Error = Infallible,
-        Future = ResponseFuture,
-    >,
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = Infallible>,
+    S::Future: Unpin,
 {
-    type Response = Response<ProxyBody>;
+    type Response = ProxyResponse;
     type Error = Infallible;
-    type Future = ResponseFuture;
+    type Future = LayerFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> ResponseFuture {
-        let picked = match req.extensions_mut().remove::<Dest>() {
+    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
+        let picked = match req.dest.take() {
             Some(Dest::Direct(endpoint)) => Ok(Picked {
                 service: endpoint.service_metrics.clone(),
                 endpoint,
@@ -110,24 +107,26 @@ where
                 key: None,
             }),
             Some(Dest::Service(b)) => {
-                let key = request_key(&b, &req, &self.ctx);
-                match b.pick(key) {
+                let (endpoint, key) = b.pick_for(|k| request_key(k, &req.http, &self.ctx));
+                match endpoint {
                     Some(endpoint) => Ok(Picked {
                         endpoint,
                         service: Some(b.metrics.clone()),
-                        balancer: Some(b.clone()),
+                        balancer: Some(b),
                         key,
                     }),
                     None => Err(b),
                 }
             }
             None => {
-                return Box::pin(async {
-                    Ok(error_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "request reached the balancer without a route",
-                    ))
-                })
+                let resp = error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "request reached the balancer without a route",
+                );
+                return LayerFuture::Ready(Some(Box::new(ProxyResponse::new(
+                    resp,
+                    Routed::default(),
+                ))));
             }
         };
         match picked {
@@ -136,21 +135,19 @@ where
                     s.request();
                 }
                 p.endpoint.metrics.request();
-                req.extensions_mut().insert(p);
-                self.inner.call(req)
+                req.picked = Some(p);
+                LayerFuture::Inner(self.inner.call(req))
             }
             Err(b) => {
                 b.metrics.request();
                 b.metrics.failure();
                 let message = format!("service {} has no available endpoints", b.key());
-                Box::pin(async move {
-                    let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, &message);
-                    resp.extensions_mut().insert(Routed {
-                        service: Some(b.metrics.clone()),
-                        peer: None,
-                    });
-                    Ok(resp)
-                })
+                let resp = error_response(StatusCode::SERVICE_UNAVAILABLE, &message);
+                let routed = Routed {
+                    service: Some(b.metrics.clone()),
+                    peer: None,
+                };
+                LayerFuture::Ready(Some(Box::new(ProxyResponse::new(resp, routed))))
             }
         }
     }

@@ -1,6 +1,11 @@
 //! Route lookup: decides where a request goes — a service (by the connection's original
 //! destination `VIP:port`, else by the request's authority) or a plain address — and records
-//! the decision as a [`Dest`] request extension for the balancer.
+//! the decision in [`ProxyRequest::dest`] for the balancer.
+//!
+//! The decision is kept per connection and reused while the snapshot generation (and, when
+//! routing by authority, the authority) stays the same: a keep-alive connection's requests
+//! normally all go to one place, and the lookups (authority parsing, name and service maps,
+//! snapshot loads) were a tenth of the stack's work.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,10 +13,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, StatusCode};
 use tower::{Layer, Service};
 
-use super::{authority, error_response, ConnContext, ProxyBody, ResponseFuture};
+use super::observe::Routed;
+use super::{authority, error_response, ConnContext, LayerFuture, ProxyRequest, ProxyResponse};
 use crate::balance::{Directory, Endpoint, ServiceBalancer};
 use crate::metrics::HttpMetrics;
 use crate::snapshot::SnapshotStore;
@@ -82,6 +88,7 @@ impl<S> Layer<S> for RouteLayer {
         Route {
             inner,
             layer: self.clone(),
+            cached: None,
         }
     }
 }
@@ -91,10 +98,57 @@ impl<S> Layer<S> for RouteLayer {
 pub struct Route<S> {
     inner: S,
     layer: RouteLayer,
+    cached: Option<Cached>,
+}
+
+/// The last decision of a connection, and what it depended on.
+#[derive(Debug, Clone)]
+struct Cached {
+    /// Snapshot generation it was made at.
+    generation: u64,
+    /// The request's authority (`""` for none), when routing by authority.
+    authority: String,
+    dest: Dest,
 }
 
 impl<S> Route<S> {
-    fn resolve(&self, req: &Request<Incoming>) -> Result<Dest, String> {
+    /// The request's destination: the connection's last one when nothing it depends on
+    /// changed, else looked up (and kept when found).
+    fn resolve(&mut self, req: &Request<Incoming>) -> Result<Dest, String> {
+        // Read before looking up: a snapshot published meanwhile makes the next request
+        // look up again.
+        let generation = self.layer.store.generation();
+        let by_authority = matches!(self.layer.ctx.target, Target::ByAuthority { .. });
+        let name = if by_authority {
+            authority(req).unwrap_or("")
+        } else {
+            ""
+        };
+        if let Some(c) = &self.cached {
+            if c.generation == generation && c.authority == name {
+                return Ok(c.dest.clone());
+            }
+        }
+        let dest = self.lookup(req)?;
+        match &mut self.cached {
+            Some(c) => {
+                c.generation = generation;
+                c.authority.clear();
+                c.authority.push_str(name);
+                c.dest = dest.clone();
+            }
+            None => {
+                self.cached = Some(Cached {
+                    generation,
+                    authority: name.to_string(),
+                    dest: dest.clone(),
+                })
+            }
+        }
+        Ok(dest)
+    }
+
+    fn lookup(&self, req: &Request<Incoming>) -> Result<Dest, String> {
         let l = &self.layer;
         match &l.ctx.target {
             Target::Service(key) => l
@@ -132,41 +186,35 @@ pub fn resolve_addr(store: &SnapshotStore, directory: &Directory, addr: SocketAd
     }
 }
 
-impl<S> Service<Request<Incoming>> for Route<S>
+impl<S> Service<ProxyRequest> for Route<S>
 where
-    S: Service<
-        Request<Incoming>,
-        Response = Response<ProxyBody>,
-        Error = Infallible,
-        Future = ResponseFuture,
-    >,
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = Infallible>,
+    S::Future: Unpin,
 {
-    type Response = Response<ProxyBody>;
+    type Response = ProxyResponse;
     type Error = Infallible;
-    type Future = ResponseFuture;
+    type Future = LayerFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> ResponseFuture {
-        match self.resolve(&req) {
+    fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
+        match self.resolve(&req.http) {
             Ok(dest) => {
-                req.extensions_mut().insert(dest);
-                self.inner.call(req)
+                req.dest = Some(dest);
+                LayerFuture::Inner(self.inner.call(req))
             }
             Err(message) => {
                 let unrouted = self.layer.unrouted.clone();
                 unrouted.request();
                 unrouted.failure();
-                Box::pin(async move {
-                    let mut resp = error_response(StatusCode::BAD_GATEWAY, &message);
-                    resp.extensions_mut().insert(super::observe::Routed {
-                        service: Some(unrouted),
-                        peer: None,
-                    });
-                    Ok(resp)
-                })
+                let resp = error_response(StatusCode::BAD_GATEWAY, &message);
+                let routed = Routed {
+                    service: Some(unrouted),
+                    peer: None,
+                };
+                LayerFuture::Ready(Some(Box::new(ProxyResponse::new(resp, routed))))
             }
         }
     }

@@ -1,20 +1,23 @@
 //! W3C Trace Context: a request with a valid `traceparent` keeps it; one without (or with a
-//! malformed one) gets a new one, so every hop of a request shares a trace id. The trace id is
-//! put in the request extensions for the access log. Spans are not recorded (no collector).
+//! malformed one) gets a new one, so every hop of a request shares a trace id. The trace id
+//! goes down the stack with the request ([`ProxyRequest::trace`]) for the access log. Spans are
+//! not recorded (no collector). This outermost layer turns hyper's request into the stack's
+//! [`ProxyRequest`].
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
-use hyper::header::HeaderValue;
+use hyper::header::{Entry, HeaderName, HeaderValue};
 use hyper::{Request, Response};
 use tower::{Layer, Service};
 
-use super::ProxyBody;
+use super::{ProxyBody, ProxyRequest};
 use crate::balance::random;
 
-/// The header name.
-pub const TRACEPARENT: &str = "traceparent";
+/// The header name, parsed once (a `&str` name is parsed, and allocated when inserted, on
+/// every use).
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The trace id of a request (32 lowercase hex digits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +49,7 @@ pub struct TraceContext<S> {
 
 impl<S> Service<Request<Incoming>> for TraceContext<S>
 where
-    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>,
+    S: Service<ProxyRequest, Response = Response<ProxyBody>, Error = Infallible>,
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
@@ -57,19 +60,24 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        let id = match req
-            .headers()
-            .get(TRACEPARENT)
-            .and_then(|v| parse(v.as_bytes()))
-        {
-            Some(id) => id,
-            None => {
+        // One lookup (the name hashed once) whether the header is kept, replaced or added.
+        let id = match req.headers_mut().entry(TRACEPARENT) {
+            Entry::Occupied(mut e) => match parse(e.get().as_bytes()) {
+                Some(id) => id,
+                None => {
+                    let (value, id) = generate();
+                    e.insert(value);
+                    id
+                }
+            },
+            Entry::Vacant(e) => {
                 let (value, id) = generate();
-                req.headers_mut().insert(TRACEPARENT, value);
+                e.insert(value);
                 id
             }
         };
-        req.extensions_mut().insert(id);
+        let mut req = ProxyRequest::new(req);
+        req.trace = Some(id);
         self.inner.call(req)
     }
 }

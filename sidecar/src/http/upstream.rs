@@ -1,4 +1,4 @@
-//! The innermost service: sends a request to its [`Picked`] endpoint over the endpoint's
+//! The innermost service: sends a request to its [`Picked`](super::balance::Picked) endpoint over the endpoint's
 //! connection pool, in the connection's HTTP version, and wraps the response body so the
 //! endpoint's in-flight count and the pooled connection are released when it ends.
 //!
@@ -15,9 +15,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tower::Service;
 
-use super::balance::Picked;
 use super::observe::Routed;
-use super::{error_response, ProxyBody, ResponseFuture};
+use super::{error_response, ProxyBody, ProxyRequest, ProxyResponse, ResponseFuture};
 use crate::pool::{SendError, Version};
 
 /// Other endpoints tried when the picked one cannot be connected to.
@@ -38,9 +37,12 @@ impl Upstream {
     }
 }
 
-/// Parsed once: removing by a `&str` parses and validates the name on every call, which was
-/// a seventh of a proxied request's instructions.
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// The names that are hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1, plus the
+/// legacy `Keep-Alive` and `Proxy-Connection`), `Connection` first. A `static`: a `const`
+/// array would be built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    UPGRADE,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     http::header::PROXY_AUTHENTICATE,
@@ -48,6 +50,21 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     http::header::TE,
     http::header::TRAILER,
 ];
+
+/// The index of `name` in [`HOP_BY_HOP`]; `name` is lowercase, as a `HeaderName` always is.
+fn hop_by_hop_index(name: &[u8]) -> Option<u32> {
+    match name {
+        b"connection" => Some(0),
+        b"upgrade" => Some(1),
+        b"keep-alive" => Some(2),
+        b"proxy-connection" => Some(3),
+        b"proxy-authenticate" => Some(4),
+        b"proxy-authorization" => Some(5),
+        b"te" => Some(6),
+        b"trailer" => Some(7),
+        _ => None,
+    }
+}
 
 /// True when the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -61,28 +78,57 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header lists.
+///
+/// One pass over the names present finds the fixed ones (most messages carry none, or only
+/// `Connection: keep-alive`), and only those are removed, by their constant names; the
+/// `Connection` tokens are read only when there is one, and a name it lists costs an
+/// allocation only when it names something else. Removing every candidate by name hashed a
+/// dozen names per message and parsed and allocated the listed ones: a tenth of a proxied
+/// request's instructions.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in listed {
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name.as_str().as_bytes()) {
+            present |= 1 << i;
+        }
+    }
+    if present & 1 != 0 {
+        for name in listed_in_connection(headers) {
             headers.remove(name);
         }
-        headers.remove(CONNECTION);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    while present != 0 {
+        headers.remove(&HOP_BY_HOP[present.trailing_zeros() as usize]);
+        present &= present - 1;
     }
-    headers.remove(UPGRADE);
 }
 
-impl Service<Request<Incoming>> for Upstream {
-    type Response = Response<ProxyBody>;
+/// The headers present that `Connection` lists, besides the fixed hop-by-hop ones (and
+/// `close`, which names no header); empty, without allocating, in the usual case. A token in
+/// another case than lowercase is simply looked for among the names present.
+fn listed_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut listed = Vec::new();
+    let tokens = headers
+        .get_all(CONNECTION)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii);
+    for t in tokens {
+        if t.is_empty() || t == b"close" || hop_by_hop_index(t).is_some() {
+            continue;
+        }
+        let named = headers
+            .keys()
+            .find(|n| t.eq_ignore_ascii_case(n.as_str().as_bytes()));
+        if let Some(name) = named {
+            listed.push(name.clone());
+        }
+    }
+    listed
+}
+
+impl Service<ProxyRequest> for Upstream {
+    type Response = ProxyResponse;
     type Error = Infallible;
     type Future = ResponseFuture;
 
@@ -90,25 +136,39 @@ impl Service<Request<Incoming>> for Upstream {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> ResponseFuture {
+    fn call(&mut self, req: ProxyRequest) -> ResponseFuture {
         let version = self.version;
+        let ProxyRequest {
+            http: mut req,
+            picked,
+            ..
+        } = req;
+        let Some(picked) = picked else {
+            let resp = error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "request reached upstream without an endpoint",
+            );
+            return Box::pin(std::future::ready(Ok(ProxyResponse::new(
+                resp,
+                Routed::default(),
+            ))));
+        };
+        let upgrade = version == Version::Http1 && is_upgrade(req.headers());
+        if version == Version::Http1 && !upgrade {
+            strip_hop_by_hop(req.headers_mut());
+        }
         Box::pin(async move {
-            let Some(picked) = req.extensions_mut().remove::<Picked>() else {
-                return Ok(error_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "request reached upstream without an endpoint",
-                ));
-            };
             let mut endpoint = picked.endpoint.clone();
-            let upgrade = version == Version::Http1 && is_upgrade(req.headers());
-            if version == Version::Http1 && !upgrade {
-                strip_hop_by_hop(req.headers_mut());
-            }
             let mut attempts = 0;
             let (result, in_flight) = loop {
                 let in_flight = endpoint.start();
                 let result = if upgrade {
-                    send_upgrade(&endpoint, req).await.map_err(SendError::from)
+                    // Boxed, as the connects in the pool: connecting is a large future and
+                    // rare, and the future every request allocates and moves is a third
+                    // smaller without it (2.3 -> 1.5 KB).
+                    Box::pin(send_upgrade(&endpoint, req))
+                        .await
+                        .map_err(SendError::from)
                 } else {
                     endpoint
                         .pool
@@ -141,12 +201,12 @@ impl Service<Request<Incoming>> for Upstream {
                 }
             };
             let routed = Routed {
-                service: picked.service.clone(),
+                service: picked.service,
                 peer: Some(endpoint.metrics.clone()),
             };
-            let mut resp = match result {
+            let resp = match result {
                 Ok((resp, give_back)) => {
-                    endpoint.observe(in_flight.started().elapsed());
+                    endpoint.observe_since(in_flight.started());
                     let (mut parts, body) = resp.into_parts();
                     if version == Version::Http1 && parts.status != StatusCode::SWITCHING_PROTOCOLS
                     {
@@ -168,8 +228,7 @@ impl Service<Request<Incoming>> for Upstream {
                     error_response(StatusCode::BAD_GATEWAY, &e.to_string())
                 }
             };
-            resp.extensions_mut().insert(routed);
-            Ok(resp)
+            Ok(ProxyResponse::new(resp, routed))
         })
     }
 }
@@ -212,6 +271,40 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-app"));
+        // Listed names are matched case-insensitively, several Connection headers count, the
+        // fixed names go whether listed or not, and many at once are all removed.
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, "close, X-One".parse().unwrap());
+        h.append(CONNECTION, " x-two ,TE".parse().unwrap());
+        for name in [
+            "x-one",
+            "x-two",
+            "te",
+            "trailer",
+            "upgrade",
+            "proxy-connection",
+        ] {
+            h.insert(name, "1".parse().unwrap());
+        }
+        for i in 0..12 {
+            let name: HeaderName = format!("x-hop-{i}").parse().unwrap();
+            h.insert(name, "1".parse().unwrap());
+            h.append(CONNECTION, format!("x-hop-{i}").parse().unwrap());
+        }
+        h.insert("x-keep", "1".parse().unwrap());
+        h.insert(http::header::HOST, "web".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["host", "x-keep"]);
+        // Nothing hop-by-hop: untouched.
+        let mut h = HeaderMap::new();
+        h.insert(http::header::HOST, "web".parse().unwrap());
+        h.append("x-multi", "1".parse().unwrap());
+        h.append("x-multi", "2".parse().unwrap());
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
         let mut h = HeaderMap::new();
         h.insert(CONNECTION, "Upgrade".parse().unwrap());
         h.insert(UPGRADE, "websocket".parse().unwrap());
