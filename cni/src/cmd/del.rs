@@ -90,7 +90,7 @@ pub fn teardown(ctx: &Ctx, att: &Attachment, scope: Scope) -> Result<(), Error> 
     let mut trace = Trace::start();
     // A delegated plugin's DEL runs while the container's interface still exists: dhcp sends
     // its DHCPRELEASE from it. The network lock keeps any ADD from taking the address meanwhile.
-    let delegated = ctx.builtin_ipam()?.is_none();
+    let delegated = !ctx.ipam_conf()?.is_builtin();
     if delegated {
         release_addresses(ctx, att)?;
         trace.mark("ipam");
