@@ -538,6 +538,14 @@ fn sysctls_are_per_namespace() {
         .unwrap();
     assert_eq!(in_a, "1");
     assert_eq!(b.ns.run(|| get_sysctl(key)).unwrap().unwrap(), "0");
+    // Root here: the private procfs instance is in use, and what it wrote is what the shared
+    // /proc shows in that namespace.
+    assert!(super::sysctl::private_instance());
+    let shared =
+        a.ns.run(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))
+            .unwrap()
+            .unwrap();
+    assert_eq!(shared.trim(), "1");
 
     let err = get_sysctl("net/../../etc/passwd").unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
