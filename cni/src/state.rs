@@ -213,6 +213,30 @@ pub fn host_veth_name(network: &str, container_id: &str, ifname: &str) -> String
     format!("vnd{:012x}", h & 0xffff_ffff_ffff)
 }
 
+/// Prefix of the alias netd-cni gives the host end of each veth.
+const ALIAS_PREFIX: &str = "netd-cni:";
+
+/// The alias of an attachment's host veth, `netd-cni:<network>/<container id>/<ifname>`: it
+/// names the owner so that GC can recognise the interface even when its record is lost (the
+/// name is a hash). None of the three may contain `/`; an alias too long for the kernel's
+/// 255 bytes is not set.
+pub fn veth_alias(network: &str, container_id: &str, ifname: &str) -> Option<String> {
+    let alias = format!("{ALIAS_PREFIX}{network}/{container_id}/{ifname}");
+    (alias.len() < 256
+        && ![network, container_id, ifname]
+            .iter()
+            .any(|p| p.contains('/')))
+    .then_some(alias)
+}
+
+/// The `(network, container id, ifname)` an alias made by [`veth_alias`] names.
+pub fn parse_veth_alias(alias: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = alias.strip_prefix(ALIAS_PREFIX)?.split('/');
+    let (network, id, ifname) = (parts.next()?, parts.next()?, parts.next()?);
+    let nonempty = !network.is_empty() && !id.is_empty() && !ifname.is_empty();
+    (parts.next().is_none() && nonempty).then_some((network, id, ifname))
+}
+
 /// A stable 64-bit hash of an attachment's identity, salted by `purpose` so that names and
 /// MACs derived from the same attachment are independent. FNV-1a: tiny, stable across
 /// releases, good enough to avoid collisions on one host.
@@ -243,6 +267,31 @@ mod tests {
         assert_ne!(a, host_veth_name("netd", "abc", "eth1"));
         assert_ne!(a, host_veth_name("other", "abc", "eth0"));
         assert_eq!(a.len(), 15);
+    }
+
+    #[test]
+    fn veth_aliases_name_their_owner() {
+        let alias = veth_alias("net-1", "abc_12.x", "eth0").unwrap();
+        assert_eq!(alias, "netd-cni:net-1/abc_12.x/eth0");
+        assert_eq!(
+            parse_veth_alias(&alias),
+            Some(("net-1", "abc_12.x", "eth0"))
+        );
+        // Not ours, or malformed: never taken for an owner.
+        for other in [
+            "",
+            "netd-cni:",
+            "netd-cni:n/c",
+            "netd-cni:n/c/eth0/x",
+            "netd-cni:n//eth0",
+            "uplink to the lab",
+            "NETD-CNI:n/c/eth0",
+        ] {
+            assert_eq!(parse_veth_alias(other), None, "{other:?}");
+        }
+        // Too long for the kernel, or ambiguous: no alias at all.
+        assert_eq!(veth_alias("n", &"c".repeat(250), "eth0"), None);
+        assert_eq!(veth_alias("n", "a/b", "eth0"), None);
     }
 
     #[test]

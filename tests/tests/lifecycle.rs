@@ -830,6 +830,58 @@ fn port_isolation_separates_containers() {
     assert!(!ping_once(&a.ns, b.ip4().into()), "the neighbour is not");
 }
 
+/// An interface whose record was lost (a wiped `dataDir`) is still found by GC, through the
+/// alias ADD gives the host veth; ports of other networks sharing the bridge, and ports that
+/// are not netd-cni's, are left alone.
+#[test]
+fn gc_removes_interfaces_whose_record_was_lost() {
+    let host = Host::new();
+    let keep = host.attach("keep");
+    let lost = host.attach("lost");
+    let keep_veth = keep.host_veth(&host.net.bridge);
+    let lost_veth = lost.host_veth(&host.net.bridge);
+    let alias = |c: &str| format!("netd-cni:{}/{c}/eth0", host.net.name);
+    let link = host.ns.link(&keep_veth).expect("keep's veth");
+    assert_eq!(link["ifalias"], json!(alias("keep")), "{link}");
+
+    let record = host
+        .records()
+        .into_iter()
+        .find(|r| r.starts_with("lost."))
+        .expect("lost's record");
+    std::fs::remove_file(host.net.records_dir().join(record)).expect("wipe lost's record");
+    let foreign_alias = format!("netd-cni:other-{}/lost/eth0", host.net.name);
+    for (name, alias) in [
+        ("gcforeign", Some(foreign_alias.as_str())),
+        ("gcplain", None),
+    ] {
+        let peer = format!("{name}p");
+        host.ns.exec(&[
+            "ip", "link", "add", name, "type", "veth", "peer", "name", &peer,
+        ]);
+        host.ns
+            .exec(&["ip", "link", "set", name, "master", &host.net.bridge]);
+        if let Some(alias) = alias {
+            host.ns.exec(&["ip", "link", "set", name, "alias", alias]);
+        }
+    }
+
+    host.gc(&["keep"]).ok();
+    let veths = host.veths();
+    assert!(
+        !veths.contains(&lost_veth),
+        "lost's veth is gone: {veths:?}"
+    );
+    assert!(lost.ns.link("eth0").is_none(), "and its container end");
+    for name in [keep_veth.as_str(), "gcforeign", "gcplain"] {
+        assert!(veths.iter().any(|v| v == name), "{name} stays: {veths:?}");
+    }
+    assert!(
+        ping(&keep.ns, gw(&host)),
+        "the valid attachment still works"
+    );
+}
+
 /// GC accepts the older `cni.dev/attachments` key some libcni versions send.
 #[test]
 fn gc_accepts_the_older_attachments_key() {

@@ -23,7 +23,7 @@ use crate::link::{self, Bandwidth, Link, LinkError, Netlink, RouteEntry};
 use crate::nat::Nft;
 use crate::netns::NetNs;
 use crate::spec::{CniResult, Interface, IpConfig};
-use crate::state::{attachment_hash, host_veth_name, Attachment};
+use crate::state::{attachment_hash, host_veth_name, veth_alias, Attachment};
 
 /// Runs ADD and returns the result in the requested version's shape.
 pub fn run(ctx: &Ctx) -> Result<Value, Error> {
@@ -118,7 +118,8 @@ fn attach(
     let bridge = setup_bridge(ctx, &mut host, undo)?;
     trace.mark("bridge");
     let veth = create_veth(&mut host, netns, att, mac, conf.mtu)?;
-    setup_host_port(ctx, &mut host, &bridge, &veth)?;
+    let alias = veth_alias(&conf.name, &att.container_id, &att.ifname);
+    setup_host_port(ctx, &mut host, &bridge, &veth, alias.as_deref())?;
     if let Some(bw) = shaping {
         host.set_bandwidth(veth.index, &veth.name, bw)?;
     }
@@ -378,14 +379,20 @@ fn mac_request(ctx: &Ctx) -> Result<Option<[u8; 6]>, Error> {
     .transpose()
 }
 
-fn setup_host_port(ctx: &Ctx, host: &mut Netlink, bridge: &Link, veth: &Link) -> Result<(), Error> {
+fn setup_host_port(
+    ctx: &Ctx,
+    host: &mut Netlink,
+    bridge: &Link,
+    veth: &Link,
+    alias: Option<&str>,
+) -> Result<(), Error> {
     let conf = &ctx.conf;
     // A bridge port needs no IPv6 of its own: no link-local address, no MLD or DAD traffic.
     let key = format!("net/ipv6/conf/{}/disable_ipv6", veth.name);
     link::set_sysctl(&key, "1")
         .or_else(ignore_missing_ipv6)
         .map_err(|e| Error::io(format!("cannot set {key}"), e))?;
-    host.set_master(veth.index, bridge.index).map_err(|e| {
+    host.attach_port(veth.index, bridge.index, alias).map_err(|e| {
         if e.errno() == Some(libc::EXFULL) {
             Error::Capacity(format!(
                 "bridge {} has reached the kernel's limit of 1023 ports: remove containers or spread them over more networks",

@@ -1,13 +1,16 @@
 //! GC: release every attachment of this network that is not in `cni.dev/valid-attachments` —
 //! records, interfaces, allocations and NAT elements — including what a killed ADD left behind
-//! (ADD writes its record before it creates anything, so the record always leads to it).
+//! (ADD writes its record before it creates anything, so the record always leads to it), and
+//! interfaces whose record was lost (found by the alias ADD gives each host veth).
 
 use std::collections::HashSet;
 
 use super::{valid_attachments, Ctx};
 use crate::error::Error;
 use crate::ipam::Owner;
+use crate::link::Netlink;
 use crate::nat::{AttachmentSpec, NatError, Nft};
+use crate::state::parse_veth_alias;
 
 /// Runs GC.
 pub fn run(ctx: &Ctx) -> Result<(), Error> {
@@ -26,6 +29,8 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
             );
         }
     }
+
+    remove_unrecorded_veths(ctx, &valid_set)?;
 
     // Allocations without a record.
     if let Some(alloc) = ctx.builtin_ipam()? {
@@ -57,6 +62,40 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
     }
     if live.is_empty() && valid.is_empty() {
         nft.del_network(&net)?;
+    }
+    Ok(())
+}
+
+/// Deletes the host veths on this network's bridge that have no record and whose alias names
+/// this network and an attachment outside `valid` (their state was lost, e.g. a wiped
+/// `dataDir`). Ports without our alias, or naming another network that shares the bridge, are
+/// not ours to judge.
+fn remove_unrecorded_veths(ctx: &Ctx, valid: &HashSet<&Owner>) -> Result<(), Error> {
+    let mut host = Netlink::open()?;
+    let bridge = host
+        .link_by_name(ctx.conf.bridge_name())?
+        .filter(|l| l.kind.as_deref() == Some("bridge"));
+    let Some(bridge) = bridge else {
+        return Ok(());
+    };
+    let recorded: HashSet<String> = ctx.dir.all()?.into_iter().map(|a| a.host_veth).collect();
+    for port in host.ports(bridge.index)? {
+        if port.kind.as_deref() != Some("veth") || recorded.contains(&port.name) {
+            continue;
+        }
+        let Some((network, container_id, ifname)) =
+            port.alias.as_deref().and_then(parse_veth_alias)
+        else {
+            continue;
+        };
+        let owner = Owner {
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+        };
+        if network == ctx.conf.name && !valid.contains(&owner) {
+            host.delete_link_by_name(&port.name)?;
+            host.clear_bandwidth(&port.name)?;
+        }
     }
     Ok(())
 }

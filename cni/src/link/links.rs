@@ -30,6 +30,8 @@ pub struct Link {
     pub up: bool,
     /// Link kind: `bridge`, `veth`, …; `None` for physical devices and loopback.
     pub kind: Option<String>,
+    /// The interface alias (`ip link set … alias …`), if set.
+    pub alias: Option<String>,
 }
 
 impl Link {
@@ -42,6 +44,7 @@ impl Link {
             master: None,
             up: msg.header.flags.contains(LinkFlags::Up),
             kind: None,
+            alias: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -50,6 +53,9 @@ impl Link {
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
                 LinkAttribute::Controller(master) if *master != 0 => link.master = Some(*master),
                 LinkAttribute::LinkInfo(infos) => link.kind = kind_of(infos),
+                LinkAttribute::IfAlias(alias) if !alias.is_empty() => {
+                    link.alias = Some(alias.clone());
+                }
                 _ => {}
             }
         }
@@ -371,7 +377,20 @@ impl Netlink {
 
     /// Attaches the link to `master` (a bridge port, typically); `master` 0 detaches it.
     pub fn set_master(&mut self, index: u32, master: u32) -> Result<(), LinkError> {
-        let msg = message(index, vec![LinkAttribute::Controller(master)]);
+        self.attach_port(index, master, None)
+    }
+
+    /// Attaches the link to `master` and, in the same request, sets its alias (up to 255
+    /// bytes): the tag that lets GC recognise an interface whose record is lost.
+    pub fn attach_port(
+        &mut self,
+        index: u32,
+        master: u32,
+        alias: Option<&str>,
+    ) -> Result<(), LinkError> {
+        let mut attributes = vec![LinkAttribute::Controller(master)];
+        attributes.extend(alias.map(|a| LinkAttribute::IfAlias(a.to_string())));
+        let msg = message(index, attributes);
         self.exec(RouteNetlinkMessage::SetLink(msg), 0)
             .map_err(|f| {
                 let (link, master) = (self.describe(index), self.describe(master));
