@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use netd_config::names::{check_container_id, check_ifname};
+
 use crate::error::Error;
 
 /// The operation the runtime asks for.
@@ -73,14 +75,7 @@ impl Env {
             .container_id
             .as_deref()
             .ok_or_else(|| Error::Env("CNI_CONTAINERID is not set".into()))?;
-        if !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(Error::Env(format!(
-                "CNI_CONTAINERID {id:?} may only contain letters, digits, '-', '_' and '.'"
-            )));
-        }
+        check_container_id(id).map_err(|m| Error::Env(format!("CNI_CONTAINERID {m}")))?;
         Ok(id)
     }
 
@@ -90,11 +85,7 @@ impl Env {
             .ifname
             .as_deref()
             .ok_or_else(|| Error::Env("CNI_IFNAME is not set".into()))?;
-        if name.len() > 15 || name.contains(['/', ' ', ':']) || name == "." || name == ".." {
-            return Err(Error::Env(format!(
-                "CNI_IFNAME {name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
-            )));
-        }
+        check_ifname(name).map_err(|m| Error::Env(format!("CNI_IFNAME {m}")))?;
         Ok(name)
     }
 

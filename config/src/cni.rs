@@ -368,12 +368,7 @@ impl NetConf {
             ));
         }
         let bridge = self.bridge_name();
-        if bridge.is_empty() || bridge.len() > 15 || bridge.contains(['/', ' ', ':']) {
-            return Err(ConfigError::new(
-                "bridge",
-                format!("{bridge:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"),
-            ));
-        }
+        crate::names::check_ifname(bridge).map_err(|m| ConfigError::new("bridge", m))?;
         if let Some(mtu) = self.mtu {
             if !(68..=65535).contains(&mtu) {
                 return Err(ConfigError::new(

@@ -2,6 +2,7 @@
 //! one place, and validation errors that name the offending field.
 
 pub mod cni;
+pub mod names;
 pub mod netd;
 
 /// A configuration value that is present but wrong.

@@ -1116,39 +1116,14 @@ pub fn validate_network_name(field: &str, s: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// A Linux interface name: 1-15 bytes, no `/`, whitespace or `:`.
+/// A Linux interface name ([`crate::names::check_ifname`]).
 pub fn validate_ifname(field: &str, s: &str) -> Result<(), ConfigError> {
-    let ok = !s.is_empty()
-        && s.len() <= 15
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::new(
-            field,
-            format!("{s:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"),
-        ))
-    }
+    crate::names::check_ifname(s).map_err(|m| ConfigError::new(field, m))
 }
 
-/// A container id: 1-256 of `a-zA-Z0-9_.-`, starting with a letter or digit.
+/// A container id ([`crate::names::check_container_id`]).
 pub fn validate_container_id(field: &str, s: &str) -> Result<(), ConfigError> {
-    let ok = !s.is_empty()
-        && s.len() <= 256
-        && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::new(
-            field,
-            format!("{s:?} is not a valid container id"),
-        ))
-    }
+    crate::names::check_container_id(s).map_err(|m| ConfigError::new(field, m))
 }
 
 /// Part of a registry key (endpoint id, node name): 1-253 printable characters, no `/`.

@@ -134,21 +134,7 @@ impl Netlink {
 /// Refuses names the kernel's `dev_valid_name` would: empty, longer than 15 bytes, `.`, `..`,
 /// or containing `/`, `:` or whitespace.
 fn validate_name(name: &str) -> Result<(), LinkError> {
-    let bad = name.is_empty()
-        || name.len() > 15
-        || name == "."
-        || name == ".."
-        || name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
-    if bad {
-        return Err(LinkError::Invalid {
-            what: format!(
-                "{name:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)"
-            ),
-        });
-    }
-    Ok(())
+    netd_config::names::check_ifname(name).map_err(|what| LinkError::Invalid { what })
 }
 
 /// `aa:bb:cc:dd:ee:ff`, for messages.
