@@ -282,6 +282,11 @@ pub struct Service {
     /// Active health check of its endpoints, with defaults filled in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// HTTP routes: how the sidecars label this service's requests (set through
+    /// `PUT /v1/services/{ns}/{name}/routes`; kept when the service's ports are replaced).
+    /// Records written before routes existed have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<HttpRoute>,
     /// Revision of the last change to this object.
     #[serde(default)]
     pub revision: u64,
@@ -306,6 +311,300 @@ pub fn service_key(namespace: &str, name: &str) -> String {
 
 fn default_namespace() -> String {
     DEFAULT_NAMESPACE.to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP routes
+
+/// Most routes one service may declare: every route is a metrics series per direction, and
+/// the sidecar scans them per request.
+pub const MAX_ROUTES: usize = 64;
+/// Longest route path prefix, in bytes.
+pub const MAX_ROUTE_PREFIX_LEN: usize = 1024;
+/// Route label of a request that matches none of its service's routes; no route may take it.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// An HTTP request method a route can match: the methods of RFC 9110 and PATCH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum HttpMethod {
+    /// `GET`.
+    Get,
+    /// `HEAD`.
+    Head,
+    /// `POST`.
+    Post,
+    /// `PUT`.
+    Put,
+    /// `DELETE`.
+    Delete,
+    /// `CONNECT`.
+    Connect,
+    /// `OPTIONS`.
+    Options,
+    /// `TRACE`.
+    Trace,
+    /// `PATCH`.
+    Patch,
+}
+
+impl HttpMethod {
+    /// Every method, in a fixed order (the sidecar's bit positions).
+    pub const ALL: [HttpMethod; 9] = [
+        HttpMethod::Get,
+        HttpMethod::Head,
+        HttpMethod::Post,
+        HttpMethod::Put,
+        HttpMethod::Delete,
+        HttpMethod::Connect,
+        HttpMethod::Options,
+        HttpMethod::Trace,
+        HttpMethod::Patch,
+    ];
+
+    /// The method's token, as on the request line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Head => "HEAD",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Delete => "DELETE",
+            HttpMethod::Connect => "CONNECT",
+            HttpMethod::Options => "OPTIONS",
+            HttpMethod::Trace => "TRACE",
+            HttpMethod::Patch => "PATCH",
+        }
+    }
+}
+
+impl fmt::Display for HttpMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Methods are case-sensitive (RFC 9110): `get` is not `GET`.
+impl FromStr for HttpMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        HttpMethod::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "{s:?} is not a method a route can match: use GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE or PATCH (upper case)"
+                )
+            })
+    }
+}
+
+impl TryFrom<String> for HttpMethod {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<HttpMethod> for &'static str {
+    fn from(m: HttpMethod) -> Self {
+        m.as_str()
+    }
+}
+
+/// A named class of a service's HTTP requests, by path prefix and method: the sidecars label
+/// the requests' metrics with the route they match (`route="users"`).
+///
+/// A route matches a request whose method it lists (any method when `methods` is empty) and
+/// whose path (without the query) is the prefix or continues it after a `/`: `/users` matches
+/// `/users`, `/users/` and `/users/42`, not `/usersettings`; a trailing `/` in the prefix is
+/// ignored, so `/` matches every path. Of the routes that match, the one with the longest
+/// prefix wins, and on equal prefixes the one that lists the method; requests that match no
+/// route are labelled [`DEFAULT_ROUTE`]. Matching is byte-wise (case-sensitive, no
+/// percent-decoding).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRoute {
+    /// Route name (a DNS label, unique in the service, not `default`): the `route` label.
+    pub name: String,
+    /// Path prefix, starting with `/`.
+    pub path_prefix: String,
+    /// Methods matched; empty: any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<HttpMethod>,
+}
+
+impl HttpRoute {
+    /// The prefix as it is compared, on `/` boundaries: without trailing slashes (`""` for
+    /// `/`, which matches every path).
+    pub fn match_prefix(&self) -> &str {
+        self.path_prefix.trim_end_matches('/')
+    }
+
+    /// Whether `path` (without the query) is under this route's prefix.
+    pub fn matches_path(&self, path: &str) -> bool {
+        path_under(path, self.match_prefix())
+    }
+}
+
+/// Whether `path` equals `prefix` or continues it with a `/` (`prefix` without a trailing
+/// slash; `""` matches everything).
+pub fn path_under(path: &str, prefix: &str) -> bool {
+    path.len() >= prefix.len()
+        && path.as_bytes().starts_with(prefix.as_bytes())
+        && (path.len() == prefix.len()
+            || path.as_bytes()[prefix.len()] == b'/'
+            || prefix.is_empty())
+}
+
+/// `NAME=PREFIX` or `NAME=PREFIX:METHOD,METHOD`, the form `netd expose --route` takes
+/// (`users=/users:GET,POST`).
+impl fmt::Display for HttpRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.path_prefix)?;
+        for (i, m) in self.methods.iter().enumerate() {
+            f.write_str(if i == 0 { ":" } else { "," })?;
+            f.write_str(m.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses the [`Display`](fmt::Display) form and checks the route on its own (names and
+/// overlaps between routes are checked by [`validate_routes`]). A `:` followed by upper-case
+/// letters and commas at the end starts the methods; any other `:` is part of the prefix.
+impl FromStr for HttpRoute {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let Some((name, rest)) = s.split_once('=') else {
+            return Err(ConfigError::new(
+                "routes",
+                format!("{s:?} is not a route: use NAME=PREFIX or NAME=PREFIX:METHOD,METHOD (users=/users:GET,POST)"),
+            ));
+        };
+        let (prefix, methods) = match rest.rsplit_once(':') {
+            Some((p, m))
+                if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase() || b == b',') =>
+            {
+                (p, Some(m))
+            }
+            _ => (rest, None),
+        };
+        let mut route = HttpRoute {
+            name: name.to_string(),
+            path_prefix: prefix.to_string(),
+            methods: Vec::new(),
+        };
+        for (j, m) in methods.into_iter().flat_map(|m| m.split(',')).enumerate() {
+            let method = m
+                .parse()
+                .map_err(|e| ConfigError::new(format!("routes[0].methods[{j}]"), e))?;
+            route.methods.push(method);
+        }
+        validate_routes(std::slice::from_ref(&route))?;
+        Ok(route)
+    }
+}
+
+/// Request body of `PUT /v1/services/{ns}/{name}/routes`: the service's routes, replacing the
+/// ones it had (an empty list removes them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesSpec {
+    /// At most [`MAX_ROUTES`] routes.
+    pub routes: Vec<HttpRoute>,
+}
+
+impl RoutesSpec {
+    /// Checks every route and that no two overlap (see [`validate_routes`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_routes(&self.routes)
+    }
+}
+
+/// Checks a service's routes: at most [`MAX_ROUTES`]; names are DNS labels, unique, not
+/// `default`; prefixes start with `/` (visible ASCII, no `?` or `#`: they match the path
+/// only); no method listed twice; and no route that another one would always win over
+/// (the same prefix and both for any method, or a method in common). Fields are named
+/// `routes[i].name`, `routes[i].path_prefix`, `routes[i].methods[j]`.
+pub fn validate_routes(routes: &[HttpRoute]) -> Result<(), ConfigError> {
+    if routes.len() > MAX_ROUTES {
+        return Err(ConfigError::new(
+            "routes",
+            format!(
+                "{} routes is more than the {MAX_ROUTES} a service may have",
+                routes.len()
+            ),
+        ));
+    }
+    for (i, r) in routes.iter().enumerate() {
+        let field = |f: &str| format!("routes[{i}].{f}");
+        validate_dns_label(&field("name"), &r.name)?;
+        if r.name == DEFAULT_ROUTE {
+            return Err(ConfigError::new(
+                field("name"),
+                format!("{DEFAULT_ROUTE:?} is the label of requests that match no route: pick another name"),
+            ));
+        }
+        if let Some(j) = routes[..i].iter().position(|q| q.name == r.name) {
+            return Err(ConfigError::new(
+                field("name"),
+                format!("{:?} is also the name of routes[{j}]", r.name),
+            ));
+        }
+        validate_path_prefix(&field("path_prefix"), &r.path_prefix)?;
+        for (j, m) in r.methods.iter().enumerate() {
+            if r.methods[..j].contains(m) {
+                return Err(ConfigError::new(
+                    format!("routes[{i}].methods[{j}]"),
+                    format!("{m} is listed twice"),
+                ));
+            }
+        }
+        for (j, q) in routes[..i].iter().enumerate() {
+            if q.match_prefix() != r.match_prefix() {
+                continue;
+            }
+            if q.methods.is_empty() && r.methods.is_empty() {
+                return Err(ConfigError::new(
+                    field("path_prefix"),
+                    format!(
+                        "{:?} is also the prefix of routes[{j}] ({}), and both match any method: one would never match (list methods, or remove one)",
+                        r.path_prefix, q.name
+                    ),
+                ));
+            }
+            if let Some(k) = r.methods.iter().position(|m| q.methods.contains(m)) {
+                return Err(ConfigError::new(
+                    format!("routes[{i}].methods[{k}]"),
+                    format!(
+                        "{} {} is also matched by routes[{j}] ({}) with the same prefix: a request matches one route",
+                        r.methods[k], r.path_prefix, q.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A route's path prefix: starts with `/`, at most [`MAX_ROUTE_PREFIX_LEN`] bytes of visible
+/// ASCII without `?` or `#`.
+fn validate_path_prefix(field: &str, p: &str) -> Result<(), ConfigError> {
+    let ok = p.starts_with('/')
+        && p.len() <= MAX_ROUTE_PREFIX_LEN
+        && p.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            field,
+            format!(
+                "{p:?} is not a valid path prefix: start with '/', at most {MAX_ROUTE_PREFIX_LEN} visible ASCII characters, no spaces, '?' or '#' (routes match the path, not the query)"
+            ),
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1191,6 +1490,7 @@ impl<'de> serde::de::Visitor<'de> for OptPortVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn service_spec_defaults_and_errors() {
@@ -1291,6 +1591,198 @@ mod tests {
             "tcp:/x".parse::<HealthCheck>().unwrap_err().field,
             "health_check.path"
         );
+    }
+
+    fn routes(json: serde_json::Value) -> RoutesSpec {
+        serde_json::from_value(json!({ "routes": json })).unwrap()
+    }
+
+    #[test]
+    fn routes_wire_format_and_defaults() {
+        let r = routes(json!([
+            {"name": "users", "path_prefix": "/users", "methods": ["GET", "POST"]},
+            {"name": "root", "path_prefix": "/"}
+        ]));
+        r.validate().unwrap();
+        assert_eq!(r.routes[0].methods, [HttpMethod::Get, HttpMethod::Post]);
+        assert!(r.routes[1].methods.is_empty());
+        let back = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            back,
+            json!({"routes": [
+                {"name": "users", "path_prefix": "/users", "methods": ["GET", "POST"]},
+                {"name": "root", "path_prefix": "/"}
+            ]})
+        );
+        // Unknown fields and methods are refused when decoding.
+        let bad = |v: serde_json::Value| {
+            serde_json::from_value::<RoutesSpec>(json!({ "routes": [v] }))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            bad(json!({"name": "a", "path_prefix": "/", "method": ["GET"]})).contains("method")
+        );
+        let e = bad(json!({"name": "a", "path_prefix": "/", "methods": ["get"]}));
+        assert!(e.contains("\"get\" is not a method"), "{e}");
+        assert!(serde_json::from_value::<RoutesSpec>(json!({"routes": [], "x": 1})).is_err());
+    }
+
+    #[test]
+    fn old_service_records_without_routes_still_load() {
+        let s: Service = serde_json::from_str(
+            r#"{"name":"web","namespace":"default","ports":[{"port":80}],"vip":"10.96.0.1","revision":4}"#,
+        )
+        .unwrap();
+        assert!(s.routes.is_empty());
+        // And a service without routes is written as before.
+        assert!(!serde_json::to_string(&s).unwrap().contains("routes"));
+    }
+
+    #[test]
+    fn route_validation_names_every_bad_field() {
+        let bad = |v: serde_json::Value| {
+            let e = routes(v).validate().unwrap_err();
+            (e.field, e.message)
+        };
+        let r = |name: &str, prefix: &str, methods: &[&str]| json!({"name": name, "path_prefix": prefix, "methods": methods});
+        let cases = [
+            (
+                json!([r("Users", "/u", &[])]),
+                "routes[0].name",
+                "not a valid name",
+            ),
+            (
+                json!([r("", "/u", &[])]),
+                "routes[0].name",
+                "not a valid name",
+            ),
+            (
+                json!([r("default", "/u", &[])]),
+                "routes[0].name",
+                "match no route",
+            ),
+            (
+                json!([r("a", "/a", &[]), r("a", "/b", &[])]),
+                "routes[1].name",
+                "also the name of routes[0]",
+            ),
+            (
+                json!([r("a", "a", &[])]),
+                "routes[0].path_prefix",
+                "start with '/'",
+            ),
+            (
+                json!([r("a", "", &[])]),
+                "routes[0].path_prefix",
+                "start with '/'",
+            ),
+            (
+                json!([r("a", "/a b", &[])]),
+                "routes[0].path_prefix",
+                "no spaces",
+            ),
+            (
+                json!([r("a", "/a?x=1", &[])]),
+                "routes[0].path_prefix",
+                "'?'",
+            ),
+            (json!([r("a", "/a#x", &[])]), "routes[0].path_prefix", "'?'"),
+            (
+                json!([r(
+                    "a",
+                    &format!("/{}", "x".repeat(MAX_ROUTE_PREFIX_LEN)),
+                    &[]
+                )]),
+                "routes[0].path_prefix",
+                "at most",
+            ),
+            (
+                json!([r("a", "/a", &["GET", "GET"])]),
+                "routes[0].methods[1]",
+                "listed twice",
+            ),
+            (
+                json!([r("a", "/a", &[]), r("b", "/a/", &[])]),
+                "routes[1].path_prefix",
+                "never match",
+            ),
+            (
+                json!([
+                    r("a", "/a", &["GET", "PUT"]),
+                    r("b", "/a", &["POST", "PUT"])
+                ]),
+                "routes[1].methods[1]",
+                "PUT /a is also matched by routes[0] (a)",
+            ),
+        ];
+        for (v, field, message) in cases {
+            let (f, m) = bad(v.clone());
+            assert_eq!(f, field, "{v}: {m}");
+            assert!(m.contains(message), "{v}: {m}");
+        }
+        let many: Vec<_> = (0..=MAX_ROUTES)
+            .map(|i| r(&format!("r{i}"), &format!("/{i}"), &[]))
+            .collect();
+        assert_eq!(bad(json!(many)).0, "routes");
+        // Same prefix with disjoint methods, or one of them for any method, is fine.
+        routes(json!([
+            r("read", "/a", &["GET", "HEAD"]),
+            r("write", "/a", &["POST"]),
+            r("other", "/a", &[]),
+            r("b", "/a/b", &[])
+        ]))
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn route_flag_form() {
+        let u: HttpRoute = "users=/users:GET,POST".parse().unwrap();
+        assert_eq!(
+            u,
+            HttpRoute {
+                name: "users".into(),
+                path_prefix: "/users".into(),
+                methods: vec![HttpMethod::Get, HttpMethod::Post],
+            }
+        );
+        assert_eq!(u.to_string(), "users=/users:GET,POST");
+        let any: HttpRoute = "all=/".parse().unwrap();
+        assert!(any.methods.is_empty());
+        assert_eq!(any.to_string(), "all=/");
+        // A colon that does not start a method list belongs to the prefix.
+        let colon: HttpRoute = "v1=/api/v1:batch".parse().unwrap();
+        assert_eq!(colon.path_prefix, "/api/v1:batch");
+        let err = |s: &str| s.parse::<HttpRoute>().unwrap_err();
+        assert_eq!(err("users").field, "routes");
+        assert_eq!(err("users=/u:GET,FETCH").field, "routes[0].methods[1]");
+        assert_eq!(err("Users=/u").field, "routes[0].name");
+        assert_eq!(err("users=u").field, "routes[0].path_prefix");
+        assert_eq!(err("users=/u:GET,GET").field, "routes[0].methods[1]");
+    }
+
+    #[test]
+    fn route_prefixes_match_on_segment_boundaries() {
+        let route = |p: &str| HttpRoute {
+            name: "r".into(),
+            path_prefix: p.into(),
+            methods: Vec::new(),
+        };
+        let users = route("/users");
+        for (path, want) in [
+            ("/users", true),
+            ("/users/", true),
+            ("/users/42", true),
+            ("/usersettings", false),
+            ("/user", false),
+            ("/", false),
+        ] {
+            assert_eq!(users.matches_path(path), want, "{path}");
+        }
+        assert!(route("/users/").matches_path("/users"));
+        assert!(route("/").matches_path("/anything"));
+        assert!(route("/").matches_path("/"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use netd_config::netd::{
     Attachment, AttachmentSpec, Deleted, Endpoint, EndpointSpec, ErrorBody, Event, Lease,
-    LeaseGrant, Network, NetworkSpec, Service, ServiceSpec, Status,
+    LeaseGrant, Network, NetworkSpec, RoutesSpec, Service, ServiceSpec, Status,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -297,6 +297,27 @@ impl Client {
     /// `POST /v1/services`.
     pub async fn put_service(&self, spec: &ServiceSpec) -> Result<Service, ClientError> {
         self.post("/v1/services", spec).await
+    }
+
+    /// `GET /v1/services/{ns}/{name}/routes`.
+    pub async fn routes(&self, ns: &str, name: &str) -> Result<RoutesSpec, ClientError> {
+        self.get(&format!("/v1/services/{}/{}/routes", enc(ns), enc(name)))
+            .await
+    }
+
+    /// `PUT /v1/services/{ns}/{name}/routes`: replaces the service's routes.
+    pub async fn put_routes(
+        &self,
+        ns: &str,
+        name: &str,
+        spec: &RoutesSpec,
+    ) -> Result<Service, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/services/{}/{}/routes", enc(ns), enc(name)),
+            Some(spec),
+        )
+        .await
     }
 
     /// `DELETE /v1/services/{ns}/{name}`.

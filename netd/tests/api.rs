@@ -8,7 +8,8 @@ use std::time::Duration;
 use common::{eventually, Daemon};
 use hyper::Method;
 use netd_config::netd::{
-    AttachmentSpec, EndpointSpec, ErrorBody, Event, Health, Object, ServicePort, ServiceSpec,
+    AttachmentSpec, EndpointSpec, ErrorBody, Event, Health, Object, RoutesSpec, ServicePort,
+    ServiceSpec,
 };
 
 fn spec(name: &str, ports: &[u16]) -> ServiceSpec {
@@ -448,4 +449,114 @@ async fn watch_streams_snapshot_then_live_changes() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(matches!(seen[0], Event::Put { .. }) && matches!(seen[1], Event::Delete { .. }));
     assert_eq!(c.status().await.unwrap().watchers, 2);
+}
+
+#[tokio::test]
+async fn routes_round_trip_survive_service_replacement_and_reach_watchers() {
+    let d = Daemon::start("routes");
+    let c = d.client();
+    let web = c.put_service(&spec("web", &[80])).await.unwrap();
+    assert!(web.routes.is_empty());
+    assert_eq!(
+        c.routes("default", "web").await.unwrap(),
+        RoutesSpec::default()
+    );
+    let mut w = c.watch(web.revision).await.unwrap();
+
+    let routes: RoutesSpec = serde_json::from_value(serde_json::json!({"routes": [
+        {"name": "users", "path_prefix": "/users", "methods": ["GET", "POST"]},
+        {"name": "admin", "path_prefix": "/admin/"}
+    ]}))
+    .unwrap();
+    let stored = c.put_routes("default", "web", &routes).await.unwrap();
+    assert_eq!(stored.routes, routes.routes);
+    assert_eq!(
+        (stored.vip, stored.ports.clone()),
+        (web.vip, web.ports.clone())
+    );
+    assert!(stored.revision > web.revision);
+    assert_eq!(c.routes("default", "web").await.unwrap(), routes);
+    // Sidecars learn routes from the service objects on the watch stream.
+    let pushed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("pushed in time")
+            .unwrap()
+        {
+            Some(Event::Put {
+                object: Object::Service(s),
+                ..
+            }) => break s,
+            Some(_) => continue,
+            None => panic!("stream ended"),
+        }
+    };
+    assert_eq!(pushed.routes, routes.routes);
+    // The same routes again write nothing.
+    let again = c.put_routes("default", "web", &routes).await.unwrap();
+    assert_eq!(again.revision, stored.revision);
+
+    // Replacing the service's ports keeps its routes, as it keeps its VIP.
+    let replaced = c.put_service(&spec("web", &[80, 8080])).await.unwrap();
+    assert_eq!(replaced.routes, routes.routes);
+    let listed = c.services(None).await.unwrap();
+    assert_eq!(listed[0].routes, routes.routes);
+
+    // Bad routes are refused naming the field, and nothing changes.
+    let rev = c.status().await.unwrap().revision;
+    for (body, field) in [
+        (
+            r#"{"routes":[{"name":"a","path_prefix":"/a"},{"name":"a","path_prefix":"/b"}]}"#,
+            "routes[1].name",
+        ),
+        (
+            r#"{"routes":[{"name":"default","path_prefix":"/a"}]}"#,
+            "routes[0].name",
+        ),
+        (
+            r#"{"routes":[{"name":"a","path_prefix":"a"}]}"#,
+            "routes[0].path_prefix",
+        ),
+        (
+            r#"{"routes":[{"name":"a","path_prefix":"/a","methods":["GET","FETCH"]}]}"#,
+            "routes[0].methods[1]",
+        ),
+        (
+            r#"{"routes":[{"name":"a","path_prefix":"/a","verbs":["GET"]}]}"#,
+            "routes[0].verbs",
+        ),
+        (
+            r#"{"routes":[{"name":"a","path_prefix":"/a"},{"name":"b","path_prefix":"/a"}]}"#,
+            "routes[1].path_prefix",
+        ),
+    ] {
+        let (status, bytes) = c
+            .raw(
+                Method::PUT,
+                "/v1/services/default/web/routes",
+                Some(body.as_bytes().to_vec()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{body}: {}", String::from_utf8_lossy(&bytes));
+        let e: ErrorBody = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(e.field.as_deref(), Some(field), "{body}: {}", e.error);
+    }
+    assert_eq!(c.status().await.unwrap().revision, rev);
+    assert_eq!(c.routes("default", "web").await.unwrap(), routes);
+
+    // Routes of a missing service: 404. An empty list removes them.
+    let err = c.put_routes("default", "nope", &routes).await.unwrap_err();
+    assert_eq!(err.status(), Some(404));
+    let cleared = c
+        .put_routes("default", "web", &RoutesSpec::default())
+        .await
+        .unwrap();
+    assert!(cleared.routes.is_empty());
+    let (status, bytes) = c
+        .raw(Method::GET, "/v1/services/default/web", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(!String::from_utf8_lossy(&bytes).contains("routes"));
 }

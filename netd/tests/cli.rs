@@ -216,3 +216,73 @@ fn completions_and_help() {
         "{help}"
     );
 }
+
+#[test]
+fn expose_sets_keeps_and_removes_routes() {
+    let d = Daemon::start("routescli");
+    let text = ok(&d.cli(&[
+        "expose",
+        "web",
+        "8080",
+        "--persist",
+        "--protocol",
+        "http",
+        "--route",
+        "users=/users:GET,POST",
+        "--route",
+        "admin=/admin",
+    ]));
+    assert!(text.contains("route users=/users:GET,POST"), "{text}");
+    assert!(text.contains("route admin=/admin"), "{text}");
+    let routes = |d: &Daemon| -> Vec<String> {
+        let svcs: Vec<Service> =
+            serde_json::from_slice(&d.cli(&["-o", "json", "services"]).stdout).unwrap();
+        svcs[0].routes.iter().map(|r| r.to_string()).collect()
+    };
+    assert_eq!(routes(&d), ["users=/users:GET,POST", "admin=/admin"]);
+    let table = ok(&d.cli(&["services"]));
+    assert!(
+        table.contains("ROUTES") && table.contains("users,admin"),
+        "{table}"
+    );
+
+    // Another replica without --route keeps them; --route replaces; --no-routes removes.
+    ok(&d.cli(&[
+        "expose",
+        "web",
+        "8080",
+        "--persist",
+        "--address",
+        "127.0.0.2",
+    ]));
+    assert_eq!(routes(&d), ["users=/users:GET,POST", "admin=/admin"]);
+    ok(&d.cli(&["expose", "web", "8080", "--persist", "--route", "all=/"]));
+    assert_eq!(routes(&d), ["all=/"]);
+    ok(&d.cli(&["expose", "web", "8080", "--persist", "--no-routes"]));
+    assert!(routes(&d).is_empty());
+
+    // Bad routes are usage errors, before anything is registered.
+    for bad in [
+        vec!["--route", "users"],
+        vec!["--route", "users=/u:FETCH"],
+        vec!["--route", "a=/a", "--route", "a=/b"],
+        vec!["--route", "a=/a", "--no-routes"],
+    ] {
+        let mut args = vec!["expose", "api", "9000", "--persist"];
+        args.extend(bad.iter().copied());
+        let out = d.cli(&args);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
+    }
+    let out = d.cli(&[
+        "expose",
+        "api",
+        "9000",
+        "--persist",
+        "--route",
+        "a=/a",
+        "--route",
+        "a=/b",
+    ]);
+    assert!(stderr(&out).contains("routes[1].name"), "{}", stderr(&out));
+    assert_eq!(d.cli(&["endpoints", "api"]).status.code(), Some(1));
+}

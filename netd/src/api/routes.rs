@@ -7,8 +7,8 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use netd_config::netd::{
-    service_key, AttachmentSpec, EndpointSpec, LeaseGrant, NetworkSpec, ServiceSpec, Status,
-    StoreStatus,
+    service_key, AttachmentSpec, EndpointSpec, LeaseGrant, NetworkSpec, RoutesSpec, ServiceSpec,
+    Status, StoreStatus,
 };
 
 use super::body::{json, read_json, Body};
@@ -96,6 +96,22 @@ async fn route(state: &Arc<ApiState>, req: Request<Incoming>) -> Result<Response
             }
             Method::DELETE => Ok(json(StatusCode::OK, &reg.delete_service(ns, name).await?)),
             _ => Err(not_allowed(&[Method::GET, Method::DELETE])),
+        },
+        ["v1", "services", ns, name, "routes"] => match m {
+            Method::GET => {
+                let snap = reg.snapshot();
+                let key = service_key(ns, name);
+                let svc = snap.services.get(&key).ok_or_else(|| service_missing(&key))?;
+                let routes = RoutesSpec {
+                    routes: svc.routes.clone(),
+                };
+                Ok(json(StatusCode::OK, &routes))
+            }
+            Method::PUT => {
+                let spec: RoutesSpec = read_json(req.into_body()).await?;
+                Ok(json(StatusCode::OK, &*reg.put_routes(ns, name, spec).await?))
+            }
+            _ => Err(not_allowed(&[Method::GET, Method::PUT])),
         },
         ["v1", "services", ns, name, "endpoints"] => match m {
             Method::GET => {

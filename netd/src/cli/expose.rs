@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use netd_config::netd::{
-    endpoint_id, EndpointSpec, HealthCheck, Lease, Protocol, Service, ServicePort, ServiceSpec,
-    DEFAULT_NAMESPACE,
+    endpoint_id, validate_routes, EndpointSpec, HealthCheck, HttpRoute, Lease, Protocol,
+    RoutesSpec, Service, ServicePort, ServiceSpec, DEFAULT_NAMESPACE,
 };
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
@@ -34,8 +34,15 @@ Examples:
                                             probe GET /healthz every 2s; failing endpoints
                                             turn unhealthy (see `netd endpoints web`)
 
+  netd expose web 8080 --protocol http --route users=/users:GET,POST --route admin=/admin
+                                            sidecars label web's requests route=\"users\",
+                                            route=\"admin\" or route=\"default\" in /metrics
+
 --health-check applies to the whole service (every endpoint is probed); without it, a check
-the service already has is kept.
+the service already has is kept. --route likewise: the routes given replace the service's
+routes, none keeps them, --no-routes removes them. A request takes the route with the
+longest matching prefix (on '/' boundaries: /users matches /users/42, not /usersettings);
+on equal prefixes the route listing its method wins.
 
 --host-port N also publishes the service on port N of every address of this machine
 (nf_tables, balanced like the VIP). A host port belongs to one service: it stays claimed
@@ -67,6 +74,14 @@ pub struct Args {
     /// 2 successes healthy again.
     #[arg(long, value_name = "tcp|http[:PATH]", value_parser = parse_health_check)]
     pub health_check: Option<HealthCheck>,
+    /// HTTP route of the service, for the sidecars' metrics (repeatable): a name, a path
+    /// prefix and optionally the methods it is for (default: any). Replaces the service's
+    /// routes.
+    #[arg(long = "route", value_name = "NAME=PREFIX[:METHOD,...]", value_parser = parse_route)]
+    pub routes: Vec<HttpRoute>,
+    /// Remove the service's routes.
+    #[arg(long, conflicts_with = "routes")]
+    pub no_routes: bool,
     /// Lease time to live in seconds: how long the endpoint outlives this process if killed.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub ttl: u64,
@@ -80,11 +95,27 @@ fn parse_health_check(s: &str) -> Result<HealthCheck, String> {
     s.parse().map_err(|e: netd_config::ConfigError| e.message)
 }
 
+fn parse_route(s: &str) -> Result<HttpRoute, String> {
+    s.parse().map_err(|e: netd_config::ConfigError| e.message)
+}
+
+/// The routes to set: the `--route`s given, none with `--no-routes`, or `None` to keep the
+/// service's own.
+fn wanted_routes(args: &Args) -> Option<RoutesSpec> {
+    (args.no_routes || !args.routes.is_empty()).then(|| RoutesSpec {
+        routes: args.routes.clone(),
+    })
+}
+
 /// Registers, then (without --persist) keeps the lease alive until a signal.
 pub async fn run(client: &Client, out: Format, args: Args) -> Result<(), CliError> {
     if args.port == 0 || args.host_port == Some(0) {
         return Err(CliError::Usage("ports are 1-65535".into()));
     }
+    validate_routes(&args.routes).map_err(|e| {
+        // Fields are counted from 0 in the order the --route flags are given.
+        CliError::Usage(format!("--route: {}: {}", e.field, e.message))
+    })?;
     let svc = ensure_service(client, &args).await?;
     let domain = client.status().await?.domain;
     if args.persist {
@@ -143,7 +174,8 @@ async fn reregister(client: &Client, args: &Args) -> Result<Lease, ClientError> 
 }
 
 /// Creates the service, or adds/updates PORT on it (other ports are kept). The health check
-/// is set when `--health-check` is given, else kept as it is.
+/// and the routes are set when `--health-check` and `--route`/`--no-routes` are given, else
+/// kept as they are.
 async fn ensure_service(client: &Client, args: &Args) -> Result<Service, ClientError> {
     let port = ServicePort {
         name: None,
@@ -164,14 +196,22 @@ async fn ensure_service(client: &Client, args: &Args) -> Result<Service, ClientE
         }
         None => ports.push(port),
     }
-    client
+    let svc = client
         .put_service(&ServiceSpec {
             name: args.service.clone(),
             namespace: args.namespace.clone(),
             ports,
             health_check: args.health_check.clone().or(existing_check),
         })
-        .await
+        .await?;
+    match wanted_routes(args) {
+        Some(spec) if spec.routes != svc.routes => {
+            client
+                .put_routes(&args.namespace, &args.service, &spec)
+                .await
+        }
+        _ => Ok(svc),
+    }
 }
 
 async fn register_with_lease(
@@ -250,6 +290,9 @@ fn report(
     }
     if let Some(hc) = &svc.health_check {
         println!("  check {}", super::services::describe_check(hc));
+    }
+    for r in &svc.routes {
+        println!("  route {r}");
     }
     match lease {
         Some(l) => println!(

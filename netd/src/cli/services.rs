@@ -1,5 +1,5 @@
-//! `netd services`: lists services with their VIPs, ports, DNS names, endpoint counts and
-//! health checks.
+//! `netd services`: lists services with their VIPs, ports, DNS names, endpoint counts, health
+//! checks and HTTP routes (`-o json` shows each route in full).
 
 use netd_config::netd::{Health, HealthCheck};
 
@@ -29,6 +29,7 @@ pub async fn run(client: &Client, out: Format, args: Args) -> Result<(), CliErro
         "PORTS",
         "ENDPOINTS",
         "CHECK",
+        "ROUTES",
         "DNS",
     ]);
     for s in &services {
@@ -59,6 +60,12 @@ pub async fn run(client: &Client, out: Format, args: Args) -> Result<(), CliErro
             s.health_check
                 .as_ref()
                 .map_or_else(|| "-".to_string(), describe_check),
+            if s.routes.is_empty() {
+                "-".to_string()
+            } else {
+                let names: Vec<&str> = s.routes.iter().map(|r| r.name.as_str()).collect();
+                names.join(",")
+            },
             s.dns_name(&status.domain),
         ]);
     }

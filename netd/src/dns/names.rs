@@ -139,6 +139,7 @@ mod tests {
             }],
             vip: "10.96.0.10".parse().unwrap(),
             health_check: None,
+            routes: Vec::new(),
             revision: 2,
         };
         Arc::make_mut(&mut snap.services).insert(svc.key(), Arc::new(svc));

@@ -71,6 +71,7 @@ impl Registry {
                             ports: vec![port],
                             vip,
                             health_check: None,
+                            routes: Vec::new(),
                             revision: 0,
                         },
                     );

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use netd_config::netd::{
-    service_key, Deleted, Endpoint, EndpointSpec, Health, HealthCheck, Service, ServiceSpec,
+    service_key, Deleted, Endpoint, EndpointSpec, Health, HealthCheck, RoutesSpec, Service,
+    ServiceSpec,
 };
 use netd_config::ConfigError;
 
@@ -15,8 +16,8 @@ use super::model::{allocate_vip, Record, Snapshot};
 use super::{deleted, Registry, RegistryError};
 
 impl Registry {
-    /// Creates a service, or replaces the ports and health check of an existing one (its VIP is
-    /// kept). Returns the stored service and whether it was created.
+    /// Creates a service, or replaces the ports and health check of an existing one (its VIP and
+    /// routes are kept). Returns the stored service and whether it was created.
     ///
     /// Removing a health check resets the health of the service's endpoints to `unknown` in the
     /// same transaction: the check's last verdicts would otherwise stick with nobody to update
@@ -57,6 +58,10 @@ impl Registry {
             ports: spec.ports,
             vip,
             health_check,
+            routes: existing
+                .as_ref()
+                .map(|s| s.routes.clone())
+                .unwrap_or_default(),
             revision: 0,
         })));
         let done = tx.commit().await?;
@@ -67,6 +72,47 @@ impl Registry {
             .cloned()
             .ok_or_else(|| RegistryError::Internal(format!("service {key} vanished")))?;
         Ok((stored, existing.is_none()))
+    }
+
+    /// Replaces the HTTP routes of an existing service (an empty list removes them); the rest
+    /// of the service is untouched. Returns the stored service; unchanged routes write
+    /// nothing (no revision, no watch event).
+    pub async fn put_routes(
+        self: &Arc<Self>,
+        namespace: &str,
+        name: &str,
+        spec: RoutesSpec,
+    ) -> Result<Arc<Service>, RegistryError> {
+        spec.validate()?;
+        self.retry_conflicts(|| self.put_routes_once(namespace, name, spec.clone()))
+            .await
+    }
+
+    async fn put_routes_once(
+        self: &Arc<Self>,
+        namespace: &str,
+        name: &str,
+        spec: RoutesSpec,
+    ) -> Result<Arc<Service>, RegistryError> {
+        let key = service_key(namespace, name);
+        let mut tx = self.begin().await;
+        let Some(existing) = tx.snapshot().services.get(&key).cloned() else {
+            return Err(RegistryError::not_found(format!(
+                "service {key} does not exist: create it first (POST /v1/services or `netd expose`)"
+            )));
+        };
+        if existing.routes == spec.routes {
+            return Ok(existing);
+        }
+        let mut svc = Arc::unwrap_or_clone(existing);
+        svc.routes = spec.routes;
+        tx.put(Record::Service(Arc::new(svc)));
+        let done = tx.commit().await?;
+        done.snapshot
+            .services
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| RegistryError::Internal(format!("service {key} vanished")))
     }
 
     /// Allocates a free VIP for `key` (see [`allocate_vip`]).
