@@ -1,6 +1,7 @@
 //! Golden metrics in Prometheus text format: HTTP requests, responses by status class and
-//! latency histograms per service and per peer (endpoint), TCP connections and bytes, and
-//! protocol detection outcomes.
+//! latency histograms per service, per route of a service (`netd_http_route_*`, for services
+//! that declare routes) and per peer (endpoint), TCP connections and bytes, and protocol
+//! detection outcomes.
 //!
 //! Label sets are resolved once (when a service or endpoint appears) into an `Arc` of atomic
 //! counters that the data path bumps without locking or formatting; only `/metrics` walks the
@@ -145,6 +146,7 @@ impl Drop for TcpOpen {
 }
 
 type ServiceKey = (Direction, String);
+type RouteKey = (Direction, String, String);
 type PeerKey = (Direction, String, SocketAddr);
 type TcpKey = (Direction, String, &'static str);
 
@@ -152,6 +154,7 @@ type TcpKey = (Direction, String, &'static str);
 #[derive(Debug, Default)]
 pub struct Metrics {
     http_services: Mutex<BTreeMap<ServiceKey, Arc<HttpMetrics>>>,
+    http_routes: Mutex<BTreeMap<RouteKey, Arc<HttpMetrics>>>,
     http_peers: Mutex<BTreeMap<PeerKey, Arc<HttpMetrics>>>,
     tcp: Mutex<BTreeMap<TcpKey, Arc<TcpMetrics>>>,
     detected: Mutex<BTreeMap<(Direction, &'static str), Arc<AtomicU64>>>,
@@ -174,6 +177,16 @@ impl Metrics {
     /// HTTP series of a service (`-` for traffic to no service).
     pub fn http_service(&self, dir: Direction, service: &str) -> Arc<HttpMetrics> {
         get_or_insert(&self.http_services, (dir, service.to_string()))
+    }
+
+    /// HTTP series of one route of a service (`default` for its requests that match none).
+    /// Its failures are not counted apart: a request the sidecar answers itself is counted
+    /// with its status (502, 503) like any response.
+    pub fn http_route(&self, dir: Direction, service: &str, route: &str) -> Arc<HttpMetrics> {
+        get_or_insert(
+            &self.http_routes,
+            (dir, service.to_string(), route.to_string()),
+        )
     }
 
     /// HTTP series of one peer of a service.
@@ -204,34 +217,27 @@ impl Metrics {
     }
 
     fn render_into(&self, out: &mut String) -> std::fmt::Result {
-        if let Ok(m) = self.http_services.lock() {
-            let rows: Vec<_> = m
-                .iter()
-                .map(|((d, s), v)| {
-                    (
-                        format!("direction=\"{}\",service=\"{}\"", d.as_str(), esc(s)),
-                        v.clone(),
-                    )
-                })
-                .collect();
-            http_family(out, "netd_http", &rows)?;
-        }
-        if let Ok(m) = self.http_peers.lock() {
-            let rows: Vec<_> = m
-                .iter()
-                .map(|((d, s, p), v)| {
-                    (
-                        format!(
-                            "direction=\"{}\",service=\"{}\",peer=\"{p}\"",
-                            d.as_str(),
-                            esc(s)
-                        ),
-                        v.clone(),
-                    )
-                })
-                .collect();
-            http_family(out, "netd_http_peer", &rows)?;
-        }
+        let services = labelled(&self.http_services, |(d, s)| {
+            format!("direction=\"{}\",service=\"{}\"", d.as_str(), esc(s))
+        });
+        http_family(out, "netd_http", &services, true)?;
+        let routes = labelled(&self.http_routes, |(d, s, r)| {
+            format!(
+                "direction=\"{}\",service=\"{}\",route=\"{}\"",
+                d.as_str(),
+                esc(s),
+                esc(r)
+            )
+        });
+        http_family(out, "netd_http_route", &routes, false)?;
+        let peers = labelled(&self.http_peers, |(d, s, p)| {
+            format!(
+                "direction=\"{}\",service=\"{}\",peer=\"{p}\"",
+                d.as_str(),
+                esc(s)
+            )
+        });
+        http_family(out, "netd_http_peer", &peers, true)?;
         if let Ok(m) = self.tcp.lock() {
             let rows: Vec<_> = m
                 .iter()
@@ -322,10 +328,25 @@ impl Metrics {
     }
 }
 
+/// The series of `map` with their label sets, copied out so that rendering does not hold
+/// the lock (empty if it is poisoned).
+fn labelled<K>(
+    map: &Mutex<BTreeMap<K, Arc<HttpMetrics>>>,
+    labels: impl Fn(&K) -> String,
+) -> Vec<(String, Arc<HttpMetrics>)> {
+    match map.lock() {
+        Ok(m) => m.iter().map(|(k, v)| (labels(k), v.clone())).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// One family of HTTP series: requests, responses by class, failures (when `failures`; the
+/// route family has none) and the latency histogram.
 fn http_family(
     out: &mut String,
     prefix: &str,
     rows: &[(String, Arc<HttpMetrics>)],
+    failures: bool,
 ) -> std::fmt::Result {
     writeln!(out, "# HELP {prefix}_requests_total HTTP requests.")?;
     writeln!(out, "# TYPE {prefix}_requests_total counter")?;
@@ -348,17 +369,19 @@ fn http_family(
             }
         }
     }
-    writeln!(
-        out,
-        "# HELP {prefix}_failures_total HTTP requests that got no upstream response."
-    )?;
-    writeln!(out, "# TYPE {prefix}_failures_total counter")?;
-    for (l, m) in rows {
+    if failures {
         writeln!(
             out,
-            "{prefix}_failures_total{{{l}}} {}",
-            m.failures.load(Ordering::Relaxed)
+            "# HELP {prefix}_failures_total HTTP requests that got no upstream response."
         )?;
+        writeln!(out, "# TYPE {prefix}_failures_total counter")?;
+        for (l, m) in rows {
+            writeln!(
+                out,
+                "{prefix}_failures_total{{{l}}} {}",
+                m.failures.load(Ordering::Relaxed)
+            )?;
+        }
     }
     writeln!(
         out,
@@ -434,6 +457,22 @@ mod tests {
         ] {
             assert!(text.contains(&want), "missing {want}\n{text}");
         }
+        // Route series are a family of their own, without failures.
+        let r = m.http_route(Direction::Outbound, "default/web", "users");
+        r.request();
+        r.response(201, Duration::from_millis(3));
+        let text = m.render();
+        let l = "direction=\"outbound\",service=\"default/web\",route=\"users\"";
+        for want in [
+            format!("netd_http_route_requests_total{{{l}}} 1"),
+            format!("netd_http_route_responses_total{{{l},class=\"2xx\"}} 1"),
+            format!("netd_http_route_response_latency_seconds_bucket{{{l},le=\"0.003\"}} 1"),
+            format!("netd_http_route_response_latency_seconds_count{{{l}}} 1"),
+        ] {
+            assert!(text.contains(&want), "missing {want}\n{text}");
+        }
+        assert!(!text.contains("netd_http_route_failures_total"), "{text}");
+        assert!(text.contains("# TYPE netd_http_route_response_latency_seconds histogram"));
         drop(open);
         assert!(m.render().contains(
             "netd_tcp_connections_open{direction=\"inbound\",service=\"-\",protocol=\"tcp\"} 0"

@@ -428,6 +428,11 @@ impl Directory {
         }
     }
 
+    /// The metrics registry its series are in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The balancer of service `key`.
     pub fn service(&self, key: &str) -> Option<Arc<ServiceBalancer>> {
         self.sync();

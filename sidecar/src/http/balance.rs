@@ -146,6 +146,7 @@ where
                 let routed = Routed {
                     service: Some(b.metrics.clone()),
                     peer: None,
+                    ..Routed::default()
                 };
                 LayerFuture::Ready(Some(Box::new(ProxyResponse::new(resp, routed))))
             }

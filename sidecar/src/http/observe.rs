@@ -1,6 +1,7 @@
 //! Golden metrics and access logs per request: response status class and latency (to
-//! response headers) for the service and the peer the request was routed to, and, when
-//! enabled, one JSON access log line through `tracing` (target `netd_sidecar::access`).
+//! response headers) for the service, the route and the peer the request was routed to (one
+//! clock reading serves all three), and, when enabled, one JSON access log line through
+//! `tracing` (target `netd_sidecar::access`).
 //! Requests are counted where they are routed (`balance`); this layer sees every response,
 //! including the sidecar's own error responses.
 
@@ -23,6 +24,9 @@ use crate::metrics::HttpMetrics;
 pub struct Routed {
     /// The service's series, if the request was for a service.
     pub service: Option<Arc<HttpMetrics>>,
+    /// The series of the service's route the request matched, if the service has routes
+    /// (set by [`route`](super::route) on the way back up).
+    pub route: Option<Arc<HttpMetrics>>,
     /// The endpoint's series, if one was picked.
     pub peer: Option<Arc<HttpMetrics>>,
 }
@@ -123,6 +127,9 @@ where
         let status = resp.http.status().as_u16();
         if let Some(s) = &resp.routed.service {
             s.response(status, latency);
+        }
+        if let Some(r) = &resp.routed.route {
+            r.response(status, latency);
         }
         if let Some(p) = &resp.routed.peer {
             p.response(status, latency);

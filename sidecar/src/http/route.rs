@@ -1,14 +1,21 @@
 //! Route lookup: decides where a request goes — a service (by the connection's original
 //! destination `VIP:port`, else by the request's authority) or a plain address — and records
-//! the decision in [`ProxyRequest::dest`] for the balancer.
+//! the decision in [`ProxyRequest::dest`] for the balancer. When that service declares HTTP
+//! routes, the request is matched to one (by method and path, see
+//! [`RouteTable`]), counted in the route's series, and the series travels
+//! back up with the response ([`Routed::route`]) for [`observe`](super::observe) to count the
+//! response. Inbound, the service is the one whose endpoint the connection was for.
 //!
 //! The decision is kept per connection and reused while the snapshot generation (and, when
 //! routing by authority, the authority) stays the same: a keep-alive connection's requests
 //! normally all go to one place, and the lookups (authority parsing, name and service maps,
-//! snapshot loads) were a tenth of the stack's work.
+//! snapshot loads) were a tenth of the stack's work. The service's route table is part of
+//! that decision; only the match itself (a short scan, no allocation) is per request.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -20,6 +27,7 @@ use super::observe::Routed;
 use super::{authority, error_response, ConnContext, LayerFuture, ProxyRequest, ProxyResponse};
 use crate::balance::{Directory, Endpoint, ServiceBalancer};
 use crate::metrics::HttpMetrics;
+use crate::snapshot::routes::RouteTable;
 use crate::snapshot::SnapshotStore;
 
 /// Where a connection's requests go, decided when it is accepted.
@@ -109,64 +117,101 @@ struct Cached {
     /// The request's authority (`""` for none), when routing by authority.
     authority: String,
     dest: Dest,
+    /// The routes of the destination's service, if it has any.
+    routes: Option<Arc<RouteTable>>,
 }
 
 impl<S> Route<S> {
-    /// The request's destination: the connection's last one when nothing it depends on
-    /// changed, else looked up (and kept when found).
-    fn resolve(&mut self, req: &Request<Incoming>) -> Result<Dest, String> {
+    /// The request's destination, and the series of the route it matches when the
+    /// destination's service has routes.
+    fn resolve(
+        &mut self,
+        req: &Request<Incoming>,
+    ) -> Result<(Dest, Option<Arc<HttpMetrics>>), String> {
+        let Self { layer, cached, .. } = self;
+        let cached = layer.refresh(cached, req)?;
+        let route = cached.routes.as_ref().map(|table| {
+            let found = table.find(req.method(), req.uri().path());
+            let metrics = layer.directory.metrics();
+            table.series(layer.ctx.direction, metrics, found).clone()
+        });
+        Ok((cached.dest.clone(), route))
+    }
+}
+
+impl RouteLayer {
+    /// The connection's last decision (`cached`) when nothing it depends on changed, else
+    /// looked up again (and kept when found).
+    fn refresh<'c>(
+        &self,
+        cached: &'c mut Option<Cached>,
+        req: &Request<Incoming>,
+    ) -> Result<&'c Cached, String> {
         // Read before looking up: a snapshot published meanwhile makes the next request
         // look up again.
-        let generation = self.layer.store.generation();
-        let by_authority = matches!(self.layer.ctx.target, Target::ByAuthority { .. });
+        let generation = self.store.generation();
+        let by_authority = matches!(self.ctx.target, Target::ByAuthority { .. });
         let name = if by_authority {
             authority(req).unwrap_or("")
         } else {
             ""
         };
-        if let Some(c) = &self.cached {
-            if c.generation == generation && c.authority == name {
-                return Ok(c.dest.clone());
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|c| c.generation == generation && c.authority == name);
+        if fresh {
+            if let Some(c) = cached {
+                return Ok(c);
             }
         }
         let dest = self.lookup(req)?;
-        match &mut self.cached {
+        let routes = self.routes_of(&dest);
+        Ok(match cached {
             Some(c) => {
                 c.generation = generation;
                 c.authority.clear();
                 c.authority.push_str(name);
-                c.dest = dest.clone();
+                c.dest = dest;
+                c.routes = routes;
+                c
             }
-            None => {
-                self.cached = Some(Cached {
-                    generation,
-                    authority: name.to_string(),
-                    dest: dest.clone(),
-                })
-            }
-        }
-        Ok(dest)
+            None => cached.insert(Cached {
+                generation,
+                authority: name.to_string(),
+                dest,
+                routes,
+            }),
+        })
+    }
+
+    /// The route table of the service `dest` belongs to (balanced, or inbound the service
+    /// of the local endpoint), if it has routes.
+    fn routes_of(&self, dest: &Dest) -> Option<Arc<RouteTable>> {
+        let service = match dest {
+            Dest::Service(b) => Some(&**b.key()),
+            Dest::Direct(endpoint) => endpoint.service(),
+        }?;
+        self.store.load().routes(service).cloned()
     }
 
     fn lookup(&self, req: &Request<Incoming>) -> Result<Dest, String> {
-        let l = &self.layer;
-        match &l.ctx.target {
-            Target::Service(key) => l
+        match &self.ctx.target {
+            Target::Service(key) => self
                 .directory
                 .service(key)
                 .map(Dest::Service)
                 .ok_or_else(|| format!("service {key} is not in the snapshot")),
-            Target::Direct(addr) => Ok(Dest::Direct(l.directory.direct(*addr))),
+            Target::Direct(addr) => Ok(Dest::Direct(self.directory.direct(*addr))),
             Target::Local { app, service } => {
-                Ok(Dest::Direct(l.directory.local(*app, service.clone())))
+                Ok(Dest::Direct(self.directory.local(*app, service.clone())))
             }
             Target::ByAuthority { fallback } => {
-                let named = authority(req).and_then(|a| l.store.load().by_authority(a));
-                if let Some(b) = named.and_then(|key| l.directory.service(&key)) {
+                let named = authority(req).and_then(|a| self.store.load().by_authority(a));
+                if let Some(b) = named.and_then(|key| self.directory.service(&key)) {
                     return Ok(Dest::Service(b));
                 }
                 match fallback {
-                    Some(addr) => Ok(resolve_addr(&l.store, &l.directory, *addr)),
+                    Some(addr) => Ok(resolve_addr(&self.store, &self.directory, *addr)),
                     None => Err(format!(
                         "no service named {:?} and no default target",
                         authority(req).unwrap_or("")
@@ -193,7 +238,7 @@ where
 {
     type Response = ProxyResponse;
     type Error = Infallible;
-    type Future = LayerFuture<S::Future>;
+    type Future = RouteFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -201,9 +246,15 @@ where
 
     fn call(&mut self, mut req: ProxyRequest) -> Self::Future {
         match self.resolve(&req.http) {
-            Ok(dest) => {
+            Ok((dest, route)) => {
+                if let Some(r) = &route {
+                    r.request();
+                }
                 req.dest = Some(dest);
-                LayerFuture::Inner(self.inner.call(req))
+                RouteFuture {
+                    inner: LayerFuture::Inner(self.inner.call(req)),
+                    route,
+                }
             }
             Err(message) => {
                 let unrouted = self.layer.unrouted.clone();
@@ -212,10 +263,39 @@ where
                 let resp = error_response(StatusCode::BAD_GATEWAY, &message);
                 let routed = Routed {
                     service: Some(unrouted),
-                    peer: None,
+                    ..Routed::default()
                 };
-                LayerFuture::Ready(Some(Box::new(ProxyResponse::new(resp, routed))))
+                RouteFuture {
+                    inner: LayerFuture::Ready(Some(Box::new(ProxyResponse::new(resp, routed)))),
+                    route: None,
+                }
             }
         }
+    }
+}
+
+/// The future of [`Route`]: the inner response, with the matched route's series attached to
+/// it ([`Routed::route`]) for [`observe`](super::observe).
+#[derive(Debug)]
+pub struct RouteFuture<F> {
+    inner: LayerFuture<F>,
+    route: Option<Arc<HttpMetrics>>,
+}
+
+impl<F> Future for RouteFuture<F>
+where
+    F: Future<Output = Result<ProxyResponse, Infallible>> + Unpin,
+{
+    type Output = Result<ProxyResponse, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let Poll::Ready(Ok(mut resp)) = Pin::new(&mut this.inner).poll(cx) else {
+            return Poll::Pending;
+        };
+        if let Some(route) = this.route.take() {
+            resp.routed.route = Some(route);
+        }
+        Poll::Ready(Ok(resp))
     }
 }

@@ -203,6 +203,7 @@ impl Service<ProxyRequest> for Upstream {
             let routed = Routed {
                 service: picked.service,
                 peer: Some(endpoint.metrics.clone()),
+                ..Routed::default()
             };
             let resp = match result {
                 Ok((resp, give_back)) => {

@@ -55,6 +55,13 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<SnapshotData, FileError> {
             });
         }
     }
+    for (i, svc) in data.services.iter().enumerate() {
+        netd_config::netd::validate_routes(&svc.routes).map_err(|e| FileError::Invalid {
+            path: path.to_path_buf(),
+            field: format!("services[{i}].{}", e.field),
+            message: e.message,
+        })?;
+    }
     for key in data.balancers.keys() {
         if !data.services.iter().any(|s| &s.key() == key) {
             return Err(FileError::Invalid {
@@ -94,6 +101,10 @@ mod tests {
             r#"{"services":[{"name":"a","namespace":"d","vip":"10.0.0.1","ports":[{"port":1}]}],"balancers":{"d/a":"nope"}}"#,
         );
         assert!(e.contains("balancers"), "{e}");
+        let e = err(
+            r#"{"services":[{"name":"a","namespace":"d","vip":"10.0.0.1","ports":[{"port":1}],"routes":[{"name":"r","path_prefix":"/"},{"name":"r","path_prefix":"/x"}]}]}"#,
+        );
+        assert!(e.contains("services[0].routes[1].name"), "{e}");
         let e = load(Path::new("/nonexistent/s.json"))
             .unwrap_err()
             .to_string();

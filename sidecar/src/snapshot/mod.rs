@@ -3,7 +3,9 @@
 //!
 //! A snapshot is built from [`SnapshotData`] (the same objects netd's API returns, plus the
 //! balancer policy per service) and indexes it for the data path: `VIP:port` → service port,
-//! and every name form of a service (`web`, `web.ns`, `web.ns.svc.<domain>`) → service.
+//! every name form of a service (`web`, `web.ns`, `web.ns.svc.<domain>`) → service, and each
+//! service's HTTP routes, sorted for matching ([`routes::RouteTable`]). Routes come with the
+//! services themselves (the `routes` of netd's service objects).
 //! Readers never lock; a new registry state is a new snapshot.
 //!
 //! Where snapshots come from is not this module's business: see [`file`] (a JSON file) and
@@ -22,6 +24,9 @@ use crate::balance::Policy;
 
 pub mod file;
 pub mod netd;
+pub mod routes;
+
+use routes::RouteTable;
 
 /// The registry state the sidecar works from, as plain data (the `--snapshot` file format and
 /// what `/config` shows).
@@ -93,6 +98,7 @@ pub struct Snapshot {
     by_name: HashMap<String, Arc<str>>,
     endpoints: HashMap<Arc<str>, Vec<EndpointAddr>>,
     by_endpoint: HashMap<SocketAddr, Arc<str>>,
+    routes: HashMap<Arc<str>, Arc<RouteTable>>,
 }
 
 impl Snapshot {
@@ -102,6 +108,7 @@ impl Snapshot {
         let mut by_vip = HashMap::new();
         let mut by_name = HashMap::new();
         let mut endpoints: HashMap<Arc<str>, Vec<EndpointAddr>> = HashMap::new();
+        let mut routes = HashMap::new();
         let domain = data.domain.trim_end_matches('.').to_ascii_lowercase();
         for svc in &data.services {
             let key: Arc<str> = Arc::from(svc.key());
@@ -134,6 +141,10 @@ impl Snapshot {
                     by_name.insert(short, key.clone());
                 }
             }
+            if !svc.routes.is_empty() {
+                let table = RouteTable::new(key.clone(), &svc.routes);
+                routes.insert(key.clone(), Arc::new(table));
+            }
             endpoints.entry(key).or_default();
         }
         let mut by_endpoint = HashMap::new();
@@ -163,7 +174,14 @@ impl Snapshot {
             by_name,
             endpoints,
             by_endpoint,
+            routes,
         }
+    }
+
+    /// The HTTP routes of service `key`; `None` when it has none (its requests get no route
+    /// series).
+    pub fn routes(&self, key: &str) -> Option<&Arc<RouteTable>> {
+        self.routes.get(key)
     }
 
     /// The service that `addr` is a registered endpoint of (the first, by service key order
@@ -318,7 +336,8 @@ mod tests {
                 {"name": "web", "namespace": "default", "vip": "10.96.0.10",
                  "ports": [{"port": 80, "protocol": "http"}, {"port": 9000}]},
                 {"name": "web", "namespace": "shop", "vip": "10.96.0.11",
-                 "ports": [{"port": 80}]}
+                 "ports": [{"port": 80}],
+                 "routes": [{"name": "cart", "path_prefix": "/cart", "methods": ["POST"]}]}
             ],
             "endpoints": [
                 {"id": "a", "service": "web", "namespace": "default", "address": "127.0.0.2",
@@ -362,6 +381,11 @@ mod tests {
         let svc = |a: &str| s.endpoint_service(a.parse().unwrap());
         assert_eq!(svc("127.0.0.3:8080").as_deref(), Some("default/web"));
         assert_eq!(svc("127.0.0.3:8081"), None);
+        // Routes, for services that have them.
+        assert!(s.routes("default/web").is_none());
+        let cart = s.routes("shop/web").unwrap();
+        let found = cart.find(&hyper::Method::POST, "/cart/1");
+        assert_eq!(cart.name(found), "cart");
     }
 
     #[test]
