@@ -1,14 +1,25 @@
 //! HTTP routes through a real sidecar: requests on one keep-alive HTTP/1.1 connection and one
 //! HTTP/2 connection are matched to their service's routes one by one (longest prefix, method
 //! filter, query ignored, default route), and `/metrics` counts each route's requests,
-//! responses and latencies — including requests the sidecar answers itself.
+//! responses and latencies — including requests the sidecar answers itself. Inbound, with the
+//! binary in a throwaway namespace behind real interception, requests are counted under the
+//! routes of the service whose endpoint they were sent to.
 
 mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
 use hyper::Request;
+use hyper_util::rt::TokioIo;
+use netd_cni::nat::intercept::{self, InterceptSpec};
+use netd_cni::netns::NamedNetNs;
+use tokio::net::TcpStream;
 
 /// `web` over `eps`, `h2` over `h2_ep` (an HTTP/2 backend) and `empty` (no endpoints), all
 /// with routes.
@@ -212,4 +223,207 @@ async fn services_without_routes_get_no_route_series() {
         .contains("netd_http_requests_total{direction=\"outbound\",service=\"default/web\"} 1"));
     drop(client);
     running.shutdown().await;
+}
+
+/// A throwaway namespace named after this process and a counter (removed on drop).
+fn netns(tag: &str) -> NamedNetNs {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "netd-sc-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    NamedNetNs::create(&name).expect("create namespace")
+}
+
+fn ip(ns: &NamedNetNs, args: &[&str]) {
+    let name = ns.path().file_name().unwrap().to_str().unwrap();
+    let out = Command::new("ip")
+        .args(["-n", name])
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip -n {name} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A TCP connection opened from inside `ns`, used from this runtime.
+async fn connect_in(ns: &NamedNetNs, addr: SocketAddr) -> TcpStream {
+    let std = ns
+        .ns()
+        .run(|| std::net::TcpStream::connect(addr))
+        .expect("enter namespace")
+        .expect("connect");
+    std.set_nonblocking(true).unwrap();
+    TcpStream::from_std(std).unwrap()
+}
+
+async fn h1_over(stream: TcpStream) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender.ready().await.unwrap();
+    sender
+}
+
+/// The sidecar binary in `ns`, killed by its pid on drop.
+struct InNamespace(Child);
+
+impl Drop for InNamespace {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn inbound_requests_are_counted_under_their_services_routes() {
+    // A container (`srv`: the application on 127.0.0.1:80 behind its sidecar) and a client
+    // namespace, joined by a veth pair.
+    let (srv, cli) = (netns("srv"), netns("cli"));
+    let cli_name = cli
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    ip(
+        &srv,
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &cli_name,
+        ],
+    );
+    for (ns, addr) in [(&srv, "10.251.0.1/24"), (&cli, "10.251.0.2/24")] {
+        ip(ns, &["link", "set", "lo", "up"]);
+        ip(ns, &["addr", "add", addr, "dev", "eth0"]);
+        ip(ns, &["link", "set", "eth0", "up"]);
+    }
+    let endpoint: SocketAddr = "10.251.0.1:80".parse().unwrap();
+    intercept::install(
+        srv.ns(),
+        &InterceptSpec {
+            dns_port: None,
+            addresses: vec![endpoint.ip()],
+            ..InterceptSpec::default()
+        },
+    )
+    .expect("interception");
+    // The application, listening inside the container.
+    let app = srv
+        .ns()
+        .run(|| std::net::TcpListener::bind("127.0.0.1:80"))
+        .unwrap()
+        .unwrap();
+    app.set_nonblocking(true).unwrap();
+    let app = tokio::net::TcpListener::from_std(app).unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = app.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                        Bytes::from_static(b"app"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+
+    let mut data = serde_json::to_value(service_snapshot(
+        "web",
+        "10.96.0.10",
+        80,
+        "http",
+        &[endpoint],
+        "p2c",
+    ))
+    .unwrap();
+    data["services"][0]["routes"] = serde_json::json!([
+        {"name": "users", "path_prefix": "/users", "methods": ["GET"]}
+    ]);
+    let snap = std::env::temp_dir().join(format!(
+        "netd-sidecar-{}-inbound-routes.json",
+        std::process::id()
+    ));
+    std::fs::write(&snap, data.to_string()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netd-sidecar"))
+        .arg("--netns")
+        .arg(srv.path())
+        .arg("--snapshot")
+        .arg(&snap)
+        .args(["--mark", "0x4e44", "--log-json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn netd-sidecar");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let _sidecar = InNamespace(child);
+    loop {
+        let line = lines.next().expect("sidecar exited before ready").unwrap();
+        if line.contains("\"ready\"") {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    let _ = std::fs::remove_file(&snap);
+
+    // An unmodified client calls the endpoint's address; interception takes it to the
+    // sidecar's inbound listener, which forwards to the application.
+    let mut client = h1_over(connect_in(&cli, endpoint).await).await;
+    for (method, path, times) in [
+        ("GET", "/users/7", 3),
+        ("POST", "/users/7", 1),
+        ("GET", "/", 2),
+    ] {
+        for _ in 0..times {
+            client.ready().await.unwrap();
+            let resp = client
+                .send_request(request(method, path, "web"))
+                .await
+                .unwrap();
+            let (status, _, body) = read(resp).await;
+            assert_eq!((status, body.as_str()), (200, "app"), "{method} {path}");
+        }
+    }
+    let admin: SocketAddr = "127.0.0.1:15000".parse().unwrap();
+    let mut admin = h1_over(connect_in(&srv, admin).await).await;
+    let (_, _, metrics) = read(admin.send_request(get("admin", "/metrics")).await.unwrap()).await;
+    let l =
+        |route: &str| format!("direction=\"inbound\",service=\"default/web\",route=\"{route}\"");
+    assert_eq!(
+        sample(&metrics, "netd_http_route_requests_total", &l("users")),
+        Some(3),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "netd_http_route_requests_total", &l("default")),
+        Some(3),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "netd_http_route_responses_total",
+            &format!("{},class=\"2xx\"", l("users"))
+        ),
+        Some(3),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "netd_http_requests_total",
+            "direction=\"inbound\",service=\"default/web\""
+        ),
+        Some(6),
+        "{metrics}"
+    );
 }
