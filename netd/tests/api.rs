@@ -453,7 +453,7 @@ async fn watch_streams_snapshot_then_live_changes() {
 
 #[tokio::test]
 async fn routes_round_trip_survive_service_replacement_and_reach_watchers() {
-    let d = Daemon::start("routes");
+    let mut d = Daemon::start("routes");
     let c = d.client();
     let web = c.put_service(&spec("web", &[80])).await.unwrap();
     assert!(web.routes.is_empty());
@@ -501,6 +501,11 @@ async fn routes_round_trip_survive_service_replacement_and_reach_watchers() {
     assert_eq!(replaced.routes, routes.routes);
     let listed = c.services(None).await.unwrap();
     assert_eq!(listed[0].routes, routes.routes);
+    // They are stored: a restarted daemon has them.
+    drop(w);
+    d.kill9();
+    d.spawn();
+    assert_eq!(c.routes("default", "web").await.unwrap(), routes);
 
     // Bad routes are refused naming the field, and nothing changes.
     let rev = c.status().await.unwrap().revision;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use common::{cli, eventually, ok, send_signal, stderr, wait_until, TempDir, BIN};
 use netd::client::Client;
 use netd_config::netd::{
-    AttachmentSpec, EndpointSpec, Event, Object, ServicePort, ServiceSpec, Status,
+    AttachmentSpec, EndpointSpec, Event, Object, RoutesSpec, ServicePort, ServiceSpec, Status,
 };
 
 /// Generous bound for anything that crosses etcd and a watch.
@@ -325,6 +325,19 @@ async fn two_nodes_share_one_registry() {
         .unwrap()
         .expect("web on B");
     assert_eq!(on_b.vip, web.vip);
+    // Routes set on B reach A (they live in the service's record).
+    let routes: RoutesSpec = serde_json::from_value(serde_json::json!({"routes": [
+        {"name": "users", "path_prefix": "/users", "methods": ["GET"]}
+    ]}))
+    .unwrap();
+    cb.put_routes("default", "web", &routes).await.unwrap();
+    assert!(
+        eventually(SEEN, || async {
+            ca.routes("default", "web").await.ok().as_ref() == Some(&routes)
+        })
+        .await,
+        "A sees B's routes"
+    );
     cb.register_endpoint("default", "web", &endpoint("10.2.0.1", 8080, None))
         .await
         .unwrap();
