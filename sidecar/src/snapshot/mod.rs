@@ -8,8 +8,8 @@
 //! services themselves (the `routes` of netd's service objects).
 //! Readers never lock; a new registry state is a new snapshot.
 //!
-//! Where snapshots come from is not this module's business: see [`file`] (a JSON file) and
-//! [`netd`] (the daemon's watch stream).
+//! Where snapshots come from is not this module's business: see [`file`](mod@file) (a JSON
+//! file) and [`netd`] (the daemon's watch stream).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -105,6 +105,17 @@ impl Snapshot {
     /// Indexes `data`. Endpoints marked `unhealthy` are left out (they get no traffic);
     /// `unknown` ones stay in, as in netd's VIP balancing.
     pub fn new(data: SnapshotData) -> Self {
+        Self::build(data, None)
+    }
+
+    /// Indexes `data` as the successor of `previous`: route tables of services whose routes
+    /// did not change are kept (with their resolved metric series), so endpoint churn does
+    /// not make the data path resolve route series again.
+    pub fn after(data: SnapshotData, previous: &Snapshot) -> Self {
+        Self::build(data, Some(previous))
+    }
+
+    fn build(data: SnapshotData, previous: Option<&Snapshot>) -> Self {
         let mut by_vip = HashMap::new();
         let mut by_name = HashMap::new();
         let mut endpoints: HashMap<Arc<str>, Vec<EndpointAddr>> = HashMap::new();
@@ -142,8 +153,11 @@ impl Snapshot {
                 }
             }
             if !svc.routes.is_empty() {
-                let table = RouteTable::new(key.clone(), &svc.routes);
-                routes.insert(key.clone(), Arc::new(table));
+                let table = match previous.and_then(|p| p.routes.get(&key)) {
+                    Some(t) if t.is_for(&svc.routes) => t.clone(),
+                    _ => Arc::new(RouteTable::new(key.clone(), &svc.routes)),
+                };
+                routes.insert(key.clone(), table);
             }
             endpoints.entry(key).or_default();
         }
@@ -290,7 +304,8 @@ impl SnapshotStore {
 
     /// Publishes a new state. Requests already routed finish with the old one.
     pub fn publish(&self, data: SnapshotData) {
-        self.current.store(Arc::new(Snapshot::new(data)));
+        let next = Snapshot::after(data, &self.current.load());
+        self.current.store(Arc::new(next));
         self.loaded
             .store(true, std::sync::atomic::Ordering::Release);
         self.generation
@@ -402,5 +417,29 @@ mod tests {
         assert!(store.is_loaded());
         assert!(rx.has_changed().unwrap());
         assert!(store.load().endpoints("default/web").is_some());
+    }
+
+    #[test]
+    fn unchanged_routes_keep_their_table_across_snapshots() {
+        let store = SnapshotStore::new();
+        store.publish(data());
+        let first = store.load().routes("shop/web").unwrap().clone();
+        // Endpoint churn: same routes, same table (and so the same resolved series).
+        let mut d = data();
+        d.endpoints.pop();
+        store.publish(d.clone());
+        assert!(Arc::ptr_eq(
+            &first,
+            store.load().routes("shop/web").unwrap()
+        ));
+        // Changed routes: a new table.
+        d.services[1].routes[0].path_prefix = "/basket".into();
+        store.publish(d);
+        let third = store.load().routes("shop/web").unwrap().clone();
+        assert!(!Arc::ptr_eq(&first, &third));
+        assert_eq!(
+            third.name(third.find(&hyper::Method::POST, "/basket")),
+            "cart"
+        );
     }
 }

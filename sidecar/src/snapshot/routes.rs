@@ -5,8 +5,9 @@
 //!
 //! The table also keeps, per direction, the metric series of its routes (the default route
 //! last), resolved on first use: label sets are looked up in the metrics registry once per
-//! snapshot and direction, not per connection or request. The matching rule itself is
-//! documented on [`HttpRoute`].
+//! table and direction, not per connection or request, and a new snapshot that leaves a
+//! service's routes as they were keeps its table ([`Snapshot::after`](super::Snapshot::after)).
+//! The matching rule itself is documented on [`HttpRoute`].
 
 use std::sync::{Arc, OnceLock};
 
@@ -29,6 +30,8 @@ struct Matcher {
 #[derive(Debug)]
 pub struct RouteTable {
     service: Arc<str>,
+    /// The routes as configured, to tell whether a new snapshot changed them.
+    source: Box<[HttpRoute]>,
     routes: Box<[Matcher]>,
     /// Whether any route lists methods (else a request's method is never looked at).
     by_method: bool,
@@ -53,10 +56,16 @@ impl RouteTable {
         sorted.sort_by_key(|m| (std::cmp::Reverse(m.prefix.len()), m.methods == 0));
         Self {
             service,
+            source: routes.into(),
             by_method: sorted.iter().any(|m| m.methods != 0),
             routes: sorted.into_boxed_slice(),
             series: [OnceLock::new(), OnceLock::new()],
         }
+    }
+
+    /// Whether this is the table of `routes` (as configured, in order).
+    pub fn is_for(&self, routes: &[HttpRoute]) -> bool {
+        *self.source == *routes
     }
 
     /// Index of the route `method path` matches (`path` without the query), `None` for the
