@@ -16,6 +16,8 @@
 //! Needs the binaries: `cargo build -p netd-cni -p netd-sidecar` (next to the `netd` binary
 //! under test, or `NETD_CNI_BIN` / `NETD_SIDECAR_BIN`). No timings are asserted.
 
+#[path = "common/apps.rs"]
+mod apps;
 mod common;
 
 use std::collections::BTreeMap;
@@ -108,8 +110,41 @@ struct Lab {
     dir: TempDir,
 }
 
+/// A service the replicas serve besides `hello:80`: both register an endpoint for it when
+/// attached; the test starts its servers.
+#[derive(Debug, Clone, Copy)]
+struct Svc {
+    name: &'static str,
+    port: u16,
+    protocol: Protocol,
+}
+
+impl Svc {
+    const fn new(name: &'static str, port: u16, protocol: Protocol) -> Svc {
+        Svc {
+            name,
+            port,
+            protocol,
+        }
+    }
+
+    /// `name:port`, as `NETD_SERVICE` lists it.
+    fn reference(&self) -> String {
+        format!("{}:{}", self.name, self.port)
+    }
+}
+
+/// The service every lab has: HTTP/1.1 on port 80 of both replicas.
+const HELLO: Svc = Svc::new("hello", 80, Protocol::Http);
+
 impl Lab {
+    /// A lab with `hello` only.
     fn new() -> Lab {
+        Lab::with(&[])
+    }
+
+    /// A lab whose replicas serve `hello` and `extra` (`hello`'s servers started).
+    fn with(extra: &[Svc]) -> Lab {
         let tag = unique("m");
         let sidecar = binary("netd-sidecar", "NETD_SIDECAR_BIN");
         let cni = binary("netd-cni", "NETD_CNI_BIN");
@@ -156,23 +191,33 @@ impl Lab {
         conf["dataDir"] = json!(lab.dir.0.join("cni-state"));
         lab.conf = conf;
         // `hello` is known HTTP (the protocol hint skips detection).
-        lab.rt
-            .block_on(lab.api.put_service(&ServiceSpec {
-                name: "hello".into(),
-                namespace: "default".into(),
-                ports: vec![ServicePort {
-                    name: Some("http".into()),
-                    port: 80,
-                    protocol: Protocol::Http,
-                    host_port: None,
-                }],
-                health_check: None,
-            }))
-            .expect("create service hello");
+        let services: Vec<Svc> = std::iter::once(HELLO)
+            .chain(extra.iter().copied())
+            .collect();
+        for svc in &services {
+            lab.rt
+                .block_on(lab.api.put_service(&ServiceSpec {
+                    name: svc.name.into(),
+                    namespace: "default".into(),
+                    ports: vec![ServicePort {
+                        name: None,
+                        port: svc.port,
+                        protocol: svc.protocol,
+                        host_port: None,
+                    }],
+                    health_check: None,
+                }))
+                .unwrap_or_else(|e| panic!("create service {}: {e}", svc.name));
+        }
+        let refs = services
+            .iter()
+            .map(Svc::reference)
+            .collect::<Vec<_>>()
+            .join(",");
         for (name, service) in [
             ("client", None),
-            ("hello-1", Some("hello:80")),
-            ("hello-2", Some("hello:80")),
+            ("hello-1", Some(refs.as_str())),
+            ("hello-2", Some(refs.as_str())),
         ] {
             lab.attach(&tag, name, service);
         }
@@ -334,6 +379,47 @@ impl Lab {
             .and_then(|s| s.pid)
     }
 
+    /// A TCP connection from container `from` to `addr`, for the lab's runtime.
+    fn connect(&self, from: &str, addr: SocketAddr) -> Result<tokio::net::TcpStream, String> {
+        let s = self
+            .ctr(from)
+            .run(|| TcpStream::connect_timeout(&addr, apps::IO_TIMEOUT))
+            .map_err(|e| format!("connect from {from} to {addr}: {e}"))?;
+        let _rt = self.rt.enter();
+        Ok(apps::tokio_stream(s))
+    }
+
+    /// Starts a server on `[::]:port` (both families) in each replica, on the lab's runtime:
+    /// `serve(listener, replica name)`.
+    fn serve_on_replicas(&self, port: u16, serve: impl Fn(tokio::net::TcpListener, &str)) {
+        for c in &self.ctrs[1..] {
+            let listener = c
+                .run(|| TcpListener::bind(("::", port)))
+                .unwrap_or_else(|e| panic!("bind port {port} in {}: {e}", c.name));
+            let _rt = self.rt.enter();
+            serve(apps::tokio_listener(listener), &c.name);
+        }
+    }
+
+    /// How many file descriptors the sidecar process `pid` holds (its listeners, the
+    /// connections it serves and its pooled upstream ones).
+    fn open_fds(pid: u32) -> usize {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Asserts that the sidecar of container `name` counted `at_least` in the samples of
+    /// `metric_name` that have every one of `labels`.
+    fn assert_counted(&self, name: &str, metric_name: &str, labels: &[&str], at_least: u64) {
+        let text = self.metrics(name);
+        let n = metric(&text, metric_name, labels);
+        assert!(
+            n >= at_least,
+            "{name}'s sidecar counted {n} {metric_name}{labels:?}, expected {at_least} at least:\n{text}"
+        );
+    }
+
     /// The sidecar's `/metrics`, from inside container `name`.
     fn metrics(&self, name: &str) -> String {
         self.ctr(name)
@@ -452,13 +538,30 @@ fn requests(vip: SocketAddr, n: usize) -> Tally {
 
 /// The VIP of `hello` as the client resolves it through its namespace's DNS path.
 fn hello_vip(lab: &Lab) -> SocketAddr {
+    service_vip(lab, HELLO)
+}
+
+/// A new lab, once both replicas answer the client's requests to `hello`'s VIP (returned).
+fn hello_answering() -> (Lab, SocketAddr) {
+    let lab = Lab::new();
+    let vip = hello_vip(&lab);
+    assert!(
+        lab.answered_by(vip, &["hello-1", "hello-2"]),
+        "both replicas never answered"
+    );
+    (lab, vip)
+}
+
+/// `svc`'s `VIP:port` as the client resolves it through its namespace's DNS path.
+fn service_vip(lab: &Lab, svc: Svc) -> SocketAddr {
     let mut vip = None;
+    let name = format!("{}.netd.local.", svc.name);
     let found = wait_until(WAIT, || {
-        vip = lab.ctr("client").run(|| resolve(DNS, "hello.netd.local."));
+        vip = lab.ctr("client").run(|| resolve(DNS, &name));
         vip.is_some()
     });
-    assert!(found, "client cannot resolve hello:\n{}", lab.log());
-    SocketAddr::new(IpAddr::V4(vip.expect("resolved")), 80)
+    assert!(found, "client cannot resolve {name}:\n{}", lab.log());
+    SocketAddr::new(IpAddr::V4(vip.expect("resolved")), svc.port)
 }
 
 #[test]
@@ -516,15 +619,11 @@ fn unmodified_client_is_balanced_per_request_through_both_sidecars() {
     );
     assert!(out >= 40, "outbound requests counted: {out}");
     for r in ["hello-1", "hello-2"] {
-        let text = lab.metrics(r);
-        let n = metric(
-            &text,
+        lab.assert_counted(
+            r,
             "netd_http_requests_total",
             &["direction=\"inbound\"", "service=\"default/hello\""],
-        );
-        assert!(
-            n >= 1,
-            "{r}'s inbound sidecar counted {n} requests:\n{text}"
+            1,
         );
     }
 
@@ -567,12 +666,7 @@ fn unmodified_client_is_balanced_per_request_through_both_sidecars() {
 
 #[test]
 fn endpoint_removed_under_load_fails_no_request() {
-    let lab = Lab::new();
-    let vip = hello_vip(&lab);
-    assert!(
-        lab.answered_by(vip, &["hello-1", "hello-2"]),
-        "both replicas never answered"
-    );
+    let (lab, vip) = hello_answering();
     // Bounded load on two keep-alive connections while hello-2's endpoint goes.
     let running = Arc::new(AtomicBool::new(true));
     let load: Vec<_> = (0..2)
@@ -615,12 +709,7 @@ fn endpoint_removed_under_load_fails_no_request() {
 
 #[test]
 fn sidecar_restart_and_netd_down_keep_the_mesh_serving() {
-    let mut lab = Lab::new();
-    let vip = hello_vip(&lab);
-    assert!(
-        lab.answered_by(vip, &["hello-1", "hello-2"]),
-        "both replicas never answered"
-    );
+    let (mut lab, vip) = hello_answering();
 
     // A sidecar killed: the supervisor starts a new one and requests work again.
     let old = lab.sidecar_pid("client").expect("client's sidecar runs");
@@ -699,4 +788,480 @@ fn sidecar_restart_and_netd_down_keep_the_mesh_serving() {
         lab.answered_by(vip, &["hello-1"]),
         "the sidecars do not follow the restarted netd"
     );
+}
+
+/// h2c on a port with the default hint: detected as HTTP/2 prior knowledge.
+const H2C: Svc = Svc::new("h2", 8080, Protocol::Tcp);
+
+/// gRPC with its hint: HTTP/2 at once, nothing read first.
+const GRPC: Svc = Svc::new("greeter", 50051, Protocol::Grpc);
+
+/// TLS on a port with the default hint: detected by its ClientHello, passed through.
+const SECURE: Svc = Svc::new("secure", 8443, Protocol::Tcp);
+
+/// Binary, client-first TCP on a port with the default hint: detected as opaque.
+const BLOB: Svc = Svc::new("blob", 7001, Protocol::Tcp);
+
+/// Requests per batch on one HTTP/2 connection, and how many are in flight at once.
+const H2_BATCH: usize = 100;
+const H2_IN_FLIGHT: usize = 10;
+
+/// `n` calls on ONE HTTP/2 connection from the client to `addr`, `H2_IN_FLIGHT` at a time:
+/// the first failure, or every call's result.
+fn on_one_h2_connection<T, F, Fut>(
+    lab: &Lab,
+    addr: SocketAddr,
+    n: usize,
+    call: F,
+) -> Result<Vec<T>, String>
+where
+    T: Send + 'static,
+    F: Fn(
+        hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+        usize,
+    ) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
+{
+    let stream = lab.connect("client", addr)?;
+    lab.rt.block_on(async {
+        let send = apps::h2_handshake(stream).await?;
+        let mut out = Vec::with_capacity(n);
+        for start in (0..n).step_by(H2_IN_FLIGHT) {
+            let calls: Vec<_> = (start..n.min(start + H2_IN_FLIGHT))
+                .map(|i| tokio::spawn(call(send.clone(), i)))
+                .collect();
+            for c in calls {
+                out.push(c.await.map_err(|e| e.to_string())??);
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// How many times each value occurs.
+fn count<'a>(items: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, usize> {
+    let mut tally = BTreeMap::new();
+    for i in items {
+        *tally.entry(i.clone()).or_insert(0) += 1;
+    }
+    tally
+}
+
+/// Asserts that both replicas, and only they, served a fair part (a tenth at least) of the
+/// `total` requests tallied in `served`.
+fn assert_shared(served: &BTreeMap<String, usize>, total: usize, what: &str) {
+    assert_eq!(
+        served.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["hello-1", "hello-2"],
+        "{what}: served by {served:?}"
+    );
+    assert_eq!(served.values().sum::<usize>(), total, "{what}: {served:?}");
+    assert!(
+        served.values().all(|&n| n * 10 >= total),
+        "{what}: one replica got less than a tenth: {served:?}"
+    );
+}
+
+/// Waits until a batch of `attempt` (one connection's worth) succeeds with both replicas in
+/// its answers; panics with the last failure otherwise.
+fn wait_for_both(
+    lab: &Lab,
+    what: &str,
+    mut attempt: impl FnMut() -> Result<BTreeMap<String, usize>, String>,
+) {
+    let mut last = Ok(BTreeMap::new());
+    let both = wait_until(WAIT, || {
+        last = attempt();
+        last.as_ref().is_ok_and(|t| t.len() == 2)
+    });
+    assert!(
+        both,
+        "{what}: never served by both replicas: {last:?}\n{}",
+        lab.log()
+    );
+}
+
+/// Runs `attempt(i)` on new connections `i = 0, 1, ...` until both replicas answered (the
+/// replica's name is its result), bounded by [`WAIT`]; after the first success no attempt may
+/// fail. Returns how many connections each replica served.
+fn per_connection_until_both(
+    lab: &Lab,
+    what: &str,
+    mut attempt: impl FnMut(u64) -> Result<String, String>,
+) -> BTreeMap<String, usize> {
+    let mut served = BTreeMap::new();
+    let mut last = Ok(String::new());
+    let mut i = 0;
+    let both = wait_until(WAIT, || {
+        last = attempt(i);
+        i += 1;
+        match &last {
+            Ok(replica) => *served.entry(replica.clone()).or_insert(0) += 1,
+            Err(e) => assert!(served.is_empty(), "{what} failed once it worked: {e}"),
+        }
+        served.len() == 2
+    });
+    assert!(
+        both,
+        "{what} never reached both replicas ({served:?}, last: {last:?}):\n{}",
+        lab.log()
+    );
+    served
+}
+
+#[test]
+fn h2c_on_one_connection_is_balanced_per_request() {
+    let lab = Lab::with(&[H2C]);
+    lab.serve_on_replicas(H2C.port, apps::serve_h2);
+    let vip = service_vip(&lab, H2C);
+    let uri = format!("http://{}.netd.local:{}/", H2C.name, H2C.port);
+    let batch = |n| {
+        on_one_h2_connection(&lab, vip, n, |send, _| apps::h2_get(send, uri.clone()))
+            .map(|bodies| count(&bodies))
+    };
+    // Endpoints reach the client's sidecar through netd's watch.
+    wait_for_both(&lab, "h2c", || batch(20));
+    let served = batch(H2_BATCH).unwrap_or_else(|e| panic!("h2c batch: {e}\n{}", lab.log()));
+    assert_shared(&served, H2_BATCH, "one h2c connection");
+
+    // Detected as HTTP/2 by both sidecars (the client's, and each replica's inbound one),
+    // and counted per request under the service.
+    lab.assert_counted(
+        "client",
+        "netd_detected_connections_total",
+        &["direction=\"outbound\"", "protocol=\"h2\""],
+        1,
+    );
+    lab.assert_counted(
+        "client",
+        "netd_http_requests_total",
+        &["direction=\"outbound\"", "service=\"default/h2\""],
+        H2_BATCH as u64,
+    );
+    for r in ["hello-1", "hello-2"] {
+        lab.assert_counted(
+            r,
+            "netd_detected_connections_total",
+            &["direction=\"inbound\"", "protocol=\"h2\""],
+            1,
+        );
+    }
+}
+
+#[test]
+fn grpc_trailers_cross_both_sidecars_and_calls_are_balanced() {
+    let lab = Lab::with(&[GRPC]);
+    lab.serve_on_replicas(GRPC.port, apps::serve_h2);
+    let vip = service_vip(&lab, GRPC);
+    let uri = format!(
+        "http://{}.netd.local:{}/helloworld.Greeter/SayHello",
+        GRPC.name, GRPC.port
+    );
+    let calls = |n| {
+        on_one_h2_connection(&lab, vip, n, |send, i| {
+            let uri = uri.clone();
+            async move {
+                let msg = format!("hello {i}");
+                let r = apps::grpc_call(send, uri, msg.clone().into_bytes()).await?;
+                // The message is framed intact and the trailers arrive, all of them, from the
+                // replica that answered.
+                let text = String::from_utf8_lossy(&r.message).into_owned();
+                let (replica, echoed) = text
+                    .split_once(':')
+                    .ok_or(format!("bad message {text:?}"))?;
+                let fine = r.content_type.as_deref() == Some("application/grpc")
+                    && echoed == msg
+                    && r.trailer("grpc-status") == Some("0")
+                    && r.trailer("grpc-message") == Some("ok")
+                    && r.trailer("x-replica") == Some(replica);
+                if fine {
+                    Ok(replica.to_string())
+                } else {
+                    Err(format!("call {i}: {r:?}"))
+                }
+            }
+        })
+        .map(|replicas| count(&replicas))
+    };
+    wait_for_both(&lab, "gRPC", || calls(20));
+    let served = calls(H2_BATCH).unwrap_or_else(|e| panic!("gRPC calls: {e}\n{}", lab.log()));
+    assert_shared(&served, H2_BATCH, "one gRPC channel");
+
+    // A failed call: its status travels in the trailers too.
+    let failed = on_one_h2_connection(&lab, vip, 1, |send, _| {
+        apps::grpc_call(send, uri.clone(), apps::GRPC_FAIL.to_vec())
+    })
+    .unwrap_or_else(|e| panic!("failing gRPC call: {e}"));
+    assert_eq!(failed[0].trailer("grpc-status"), Some("5"), "{failed:?}");
+    assert_eq!(
+        failed[0].trailer("grpc-message"),
+        Some("no such thing"),
+        "{failed:?}"
+    );
+
+    for r in ["hello-1", "hello-2"] {
+        lab.assert_counted(
+            r,
+            "netd_http_requests_total",
+            &["direction=\"inbound\"", "service=\"default/greeter\""],
+            10,
+        );
+    }
+}
+
+#[test]
+fn tls_is_passed_through_to_the_replica_that_holds_the_key() {
+    let lab = Lab::with(&[SECURE]);
+    let sni = format!("{}.netd.local", SECURE.name);
+    // Each replica has its own key and certificate for the same name; the client trusts both.
+    let ids: BTreeMap<&str, apps::Identity> = ["hello-1", "hello-2"]
+        .into_iter()
+        .map(|r| (r, apps::Identity::new(&[&sni])))
+        .collect();
+    lab.serve_on_replicas(SECURE.port, |l, name| apps::serve_tls(l, name, &ids[name]));
+    let trusted: Vec<_> = ids.values().map(|i| i.cert.clone()).collect();
+    let vip = service_vip(&lab, SECURE);
+
+    // New connections until both replicas answered (balanced per connection).
+    per_connection_until_both(&lab, "TLS", |i| {
+        let line = format!("secret {i}");
+        let s = lab.connect("client", vip)?;
+        let x = lab
+            .rt
+            .block_on(apps::tls_exchange(s, &sni, &trusted, &line))?;
+        let mut words = x.reply.splitn(3, ' ');
+        let (replica, seen_sni, echoed) = (words.next(), words.next(), words.next());
+        // The certificate the client verified is the one of the replica that answered: the
+        // sidecars did not terminate TLS. The SNI and the bytes arrived intact.
+        let replica = replica.unwrap_or_default().to_string();
+        assert_eq!(
+            ids.get(replica.as_str()).map(|i| &i.cert),
+            Some(&x.peer_cert),
+            "the client did not see {replica:?}'s own certificate: {x:?}"
+        );
+        assert_eq!(seen_sni, Some(sni.as_str()), "{x:?}");
+        assert_eq!(echoed, Some(line.as_str()), "{x:?}");
+        Ok(replica)
+    });
+
+    lab.assert_counted(
+        "client",
+        "netd_tcp_connections_opened_total",
+        &[
+            "direction=\"outbound\"",
+            "service=\"default/secure\"",
+            "protocol=\"tls\"",
+        ],
+        2,
+    );
+    for r in ["hello-1", "hello-2"] {
+        lab.assert_counted(
+            r,
+            "netd_detected_connections_total",
+            &["direction=\"inbound\"", "protocol=\"tls\""],
+            1,
+        );
+    }
+}
+
+/// A binary payload that no detector takes for HTTP or TLS: every byte value in turn.
+fn binary_bytes(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn raw_tcp_is_balanced_per_connection_with_half_close() {
+    let lab = Lab::with(&[BLOB]);
+    lab.serve_on_replicas(BLOB.port, apps::serve_echo);
+    let vip = service_vip(&lab, BLOB);
+    let mut first = vec![0x00, 0xff, 0x13];
+    first.extend(binary_bytes(1000, 0));
+    // Large enough to need several reads and writes on every hop.
+    let second = binary_bytes(200 * 1024, 7);
+
+    let served = per_connection_until_both(&lab, "TCP", |_| {
+        let s = lab.connect("client", vip)?;
+        let rest = lab
+            .rt
+            .block_on(apps::echo_with_half_close(s, &first, &second))?;
+        // The echo of the second part, then, after the server saw our half-close, its last
+        // record: who served and how many bytes it got.
+        if rest.len() <= second.len() || rest[..second.len()] != second[..] {
+            return Err(format!(
+                "the echo after the half-close differs ({} bytes)",
+                rest.len()
+            ));
+        }
+        let tail = String::from_utf8_lossy(&rest[second.len() + 1..]).into_owned();
+        let (replica, total) = tail
+            .split_once(' ')
+            .ok_or(format!("last record {tail:?}"))?;
+        assert_eq!(total, (first.len() + second.len()).to_string(), "{tail}");
+        Ok(replica.to_string())
+    });
+
+    let l = [
+        "direction=\"outbound\"",
+        "service=\"default/blob\"",
+        "protocol=\"tcp\"",
+    ];
+    // Every connection ended in both directions (bytes are counted when it ends) ...
+    assert!(
+        wait_until(WAIT, || metric(
+            &lab.metrics("client"),
+            "netd_tcp_connections_open",
+            &l
+        ) == 0),
+        "connections left open:\n{}",
+        lab.metrics("client")
+    );
+    // ... and every byte of the successful ones was counted.
+    let ok: u64 = served.values().map(|&n| n as u64).sum();
+    lab.assert_counted(
+        "client",
+        "netd_tcp_sent_bytes_total",
+        &l,
+        ok * (first.len() + second.len()) as u64,
+    );
+}
+
+/// Writes `bytes` to a new connection from the client to `addr` (write errors ignored: the
+/// sidecar may close early), half-closes when asked, and reads until the sidecar closes:
+/// what it answered, and whether it closed (rather than leaving the connection hanging).
+fn send_raw(lab: &Lab, addr: SocketAddr, bytes: &[u8], half_close: bool) -> (Vec<u8>, bool) {
+    lab.ctr("client").run(|| {
+        let mut s = TcpStream::connect_timeout(&addr, apps::IO_TIMEOUT).expect("connect");
+        s.set_read_timeout(Some(apps::IO_TIMEOUT)).expect("timeout");
+        let _ = s.write_all(bytes);
+        if half_close {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+        let mut reply = Vec::new();
+        let closed = match s.read_to_end(&mut reply) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        (reply, closed)
+    })
+}
+
+/// What a sidecar holds that a leaked connection task would keep: open file descriptors and
+/// the opaque connections gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    fds: usize,
+    tcp_open: u64,
+}
+
+impl Lab {
+    fn held(&self, name: &str, pid: u32) -> Held {
+        Held {
+            fds: Lab::open_fds(pid),
+            tcp_open: metric(&self.metrics(name), "netd_tcp_connections_open", &[]),
+        }
+    }
+}
+
+#[test]
+fn bad_input_through_interception_leaves_the_sidecars_serving_and_clean() {
+    let (lab, vip) = hello_answering();
+    let names = ["client", "hello-1", "hello-2"];
+    let pids: Vec<u32> = names
+        .iter()
+        .map(|n| lab.sidecar_pid(n).expect("sidecar runs"))
+        .collect();
+    // The baseline: the least each sidecar holds over a few samples, once the warm-up's
+    // connections are gone (pooled upstream connections stay and are reused).
+    let baseline: Vec<Held> = names
+        .iter()
+        .zip(&pids)
+        .map(|(n, &pid)| {
+            (0..10)
+                .map(|_| {
+                    std::thread::sleep(Duration::from_millis(20));
+                    lab.held(n, pid)
+                })
+                .min_by_key(|h| (h.fds, h.tcp_open))
+                .expect("samples")
+        })
+        .collect();
+
+    // Garbage on the HTTP port: a 400 or a close, never forwarded.
+    let (reply, closed) = send_raw(&lab, vip, b"\x00\xff\x13garbage garbage\r\n\r\n", false);
+    assert!(
+        closed && (reply.is_empty() || reply.starts_with(b"HTTP/1.1 400")),
+        "garbage: {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    // Oversized headers (beyond the sidecar's 64 KiB): a 431 or a close.
+    let mut big = b"GET / HTTP/1.1\r\nHost: hello\r\nx-big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 96 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    let (reply, closed) = send_raw(&lab, vip, &big, false);
+    assert!(
+        closed && (reply.is_empty() || reply.starts_with(b"HTTP/1.1 431")),
+        "oversized headers: {:?}",
+        String::from_utf8_lossy(&reply[..reply.len().min(80)])
+    );
+    // Half-closed in the middle of a request head: no answer, and the sidecar closes too.
+    let (reply, closed) = send_raw(&lab, vip, b"GET / HTTP/1.1\r\nHost: hel", true);
+    assert!(
+        closed && !reply.starts_with(b"HTTP/1.1 200"),
+        "half-closed head: closed {closed}, {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    // A whole request, then a half-close: still answered, then closed.
+    let (reply, closed) = send_raw(&lab, vip, b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n", true);
+    assert!(
+        closed && reply.starts_with(b"HTTP/1.1 200"),
+        "request then half-close: closed {closed}, {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    // An HTTP/2 preface followed by garbage frames: the sidecar's HTTP/2 server gives up.
+    let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    h2.extend_from_slice(&[0xff; 64]);
+    let (_, closed) = send_raw(&lab, vip, &h2, false);
+    assert!(closed, "HTTP/2 garbage: the connection was left open");
+    // Garbage on a replica's own address, where nothing hints HTTP: detection takes it for
+    // opaque TCP through both sidecars, and the application closes it.
+    let direct = SocketAddr::new(IpAddr::V4(lab.ctr("hello-1").ip), 80);
+    let (_, closed) = send_raw(&lab, direct, b"\x16\x03garbage", true);
+    assert!(closed, "opaque garbage: the connection was left open");
+    // Connections opened and abandoned, some in the middle of a head.
+    for i in 0..20 {
+        lab.ctr("client").run(|| {
+            if let Ok(mut s) = TcpStream::connect_timeout(&vip, apps::IO_TIMEOUT) {
+                if i % 2 == 0 {
+                    let _ = s.write_all(b"GET / HTTP/1.1\r\nHo");
+                }
+            }
+        });
+    }
+
+    // The same sidecars, not restarted, still serving...
+    for (n, pid) in names.iter().zip(&pids) {
+        assert_eq!(
+            lab.sidecar_pid(n),
+            Some(*pid),
+            "{n}'s sidecar was replaced:\n{}",
+            lab.log()
+        );
+    }
+    let t = lab.ctr("client").run(|| requests(vip, 10));
+    assert_eq!((t.ok(), t.failed), (10, 0), "after the bad input: {t:?}");
+    // ... and back to what they held before: no connection task left behind.
+    for ((n, &pid), base) in names.iter().zip(&pids).zip(&baseline) {
+        let mut now = lab.held(n, pid);
+        let settled = wait_until(WAIT, || {
+            now = lab.held(n, pid);
+            now.fds <= base.fds && now.tcp_open <= base.tcp_open
+        });
+        assert!(
+            settled,
+            "{n}'s sidecar holds {now:?}, {base:?} before the bad input:\n{}",
+            lab.metrics(n)
+        );
+    }
 }

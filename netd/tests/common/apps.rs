@@ -1,0 +1,386 @@
+//! Unmodified applications for the mesh end-to-end tests, beyond the HTTP/1.1 ones of
+//! `netd::mesh::probe`: an h2c server that also answers gRPC (a length-prefixed message and
+//! `grpc-status` trailers, framed by hand over hyper's HTTP/2), its client side, a TLS server
+//! and client (rustls, self-signed certificates from rcgen), and a binary echo that answers
+//! a half-close. Servers run on the caller's tokio runtime on listeners bound inside a
+//! container's namespace; each answers with its replica's name, so a test can tell who served.
+//! Everything the clients do is bounded by [`IO_TIMEOUT`].
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// Longest wait for any exchange of the clients here.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client-side failure, as text for the test's message.
+pub type Failed = String;
+
+/// `f` bounded by [`IO_TIMEOUT`].
+async fn bounded<T, E: std::fmt::Display>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Failed> {
+    match tokio::time::timeout(IO_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {IO_TIMEOUT:?}")),
+    }
+}
+
+/// A listener bound (by the caller, inside a namespace) as a std socket, for tokio; call in
+/// the runtime's context.
+pub fn tokio_listener(l: std::net::TcpListener) -> TcpListener {
+    l.set_nonblocking(true).expect("non-blocking listener");
+    TcpListener::from_std(l).expect("tokio listener")
+}
+
+/// A connection opened (by the caller, inside a namespace) as a std socket, for tokio; call in
+/// the runtime's context.
+pub fn tokio_stream(s: std::net::TcpStream) -> TcpStream {
+    s.set_nonblocking(true).expect("non-blocking stream");
+    TcpStream::from_std(s).expect("tokio stream")
+}
+
+/// Accepts on `listener` forever (until the runtime goes), serving each connection with
+/// `serve` on its own task.
+fn accept_loop<F, Fut>(listener: TcpListener, serve: F)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((s, _)) => {
+                    tokio::spawn(serve(s));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    });
+}
+
+// ---- h2c and gRPC ----------------------------------------------------------------------
+
+/// The gRPC message that makes [`serve_h2`] fail the call with `NOT_FOUND` in its trailers.
+pub const GRPC_FAIL: &[u8] = b"please fail";
+
+type H2Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Serves HTTP/2 prior knowledge on `listener`: a gRPC request (`content-type:
+/// application/grpc`) gets one message `<name>:<its message>` and trailers `grpc-status: 0`,
+/// `grpc-message` and `x-replica: <name>` (status 5 for [`GRPC_FAIL`]); any other request
+/// gets `name` as its body.
+pub fn serve_h2(listener: TcpListener, name: &str) {
+    let name: Arc<str> = name.into();
+    accept_loop(listener, move |s| {
+        let name = name.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req| answer_h2(req, name.clone()));
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
+        }
+    });
+}
+
+async fn answer_h2(req: Request<Incoming>, name: Arc<str>) -> Result<Response<H2Body>, Infallible> {
+    let grpc = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !grpc {
+        return Ok(Response::new(Full::from(name.to_string()).boxed_unsync()));
+    }
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let msg = grpc_unframe(body).unwrap_or_default();
+    let (status, message) = if msg == GRPC_FAIL {
+        ("5", "no such thing")
+    } else {
+        ("0", "ok")
+    };
+    let mut reply = format!("{name}:").into_bytes();
+    reply.extend_from_slice(&msg);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static(status));
+    trailers.insert("grpc-message", HeaderValue::from_static(message));
+    if let Ok(v) = HeaderValue::from_str(&name) {
+        trailers.insert("x-replica", v);
+    }
+    let body = Full::new(grpc_frame(&reply))
+        .with_trailers(async move { Some(Ok(trailers)) })
+        .boxed_unsync();
+    let mut resp = Response::new(body);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    Ok(resp)
+}
+
+/// One gRPC message on the wire: not compressed, 4-byte big-endian length, the bytes.
+pub fn grpc_frame(msg: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(5 + msg.len());
+    b.put_u8(0);
+    b.put_u32(u32::try_from(msg.len()).expect("small message"));
+    b.put_slice(msg);
+    b.freeze()
+}
+
+/// The one message of a gRPC body, `None` unless the body is exactly one whole message.
+pub fn grpc_unframe(mut body: Bytes) -> Option<Vec<u8>> {
+    if body.len() < 5 || body.get_u8() != 0 {
+        return None;
+    }
+    let len = body.get_u32() as usize;
+    (body.len() == len).then(|| body.to_vec())
+}
+
+/// An HTTP/2 prior-knowledge client connection over `stream` (its driver on its own task).
+pub async fn h2_handshake(
+    stream: TcpStream,
+) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, Failed> {
+    let (send, conn) = bounded(
+        "HTTP/2 handshake",
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)),
+    )
+    .await?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+/// `GET uri` on the HTTP/2 connection `send`: the body of a 200.
+pub async fn h2_get(
+    mut send: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    uri: String,
+) -> Result<String, Failed> {
+    let req = Request::get(&uri)
+        .body(Full::default())
+        .map_err(|e| e.to_string())?;
+    let resp = bounded("HTTP/2 request", send.send_request(req)).await?;
+    let status = resp.status();
+    let body = bounded("HTTP/2 body", resp.into_body().collect()).await?;
+    let body = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+    if status != 200 {
+        return Err(format!("HTTP/2 status {status}: {body}"));
+    }
+    Ok(body)
+}
+
+/// What a unary gRPC call got back.
+#[derive(Debug)]
+pub struct GrpcReply {
+    /// The response's `content-type`.
+    pub content_type: Option<String>,
+    /// The one message of the response.
+    pub message: Vec<u8>,
+    /// The trailers (`None` when none arrived).
+    pub trailers: Option<HeaderMap>,
+}
+
+impl GrpcReply {
+    /// Trailer `name` as text.
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        self.trailers.as_ref()?.get(name)?.to_str().ok()
+    }
+}
+
+/// A unary gRPC call `POST uri` with one message `msg` on the HTTP/2 connection `send`.
+pub async fn grpc_call(
+    mut send: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    uri: String,
+    msg: Vec<u8>,
+) -> Result<GrpcReply, Failed> {
+    let req = Request::post(&uri)
+        .header(CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(grpc_frame(&msg)))
+        .map_err(|e| e.to_string())?;
+    let resp = bounded("gRPC request", send.send_request(req)).await?;
+    if resp.status() != 200 {
+        return Err(format!("gRPC HTTP status {}", resp.status()));
+    }
+    let content_type = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let collected = bounded("gRPC body", resp.into_body().collect()).await?;
+    let trailers = collected.trailers().cloned();
+    let message = grpc_unframe(collected.to_bytes()).ok_or("not one gRPC message")?;
+    Ok(GrpcReply {
+        content_type,
+        message,
+        trailers,
+    })
+}
+
+// ---- TLS -------------------------------------------------------------------------------
+
+/// A server's self-signed certificate for `names`, and its key.
+pub struct Identity {
+    /// The certificate, which clients also trust as its own root.
+    pub cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// A fresh key and a self-signed certificate for `names`.
+    pub fn new(names: &[&str]) -> Identity {
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let c = rcgen::generate_simple_self_signed(
+            names.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        )
+        .expect("self-signed certificate");
+        Identity {
+            cert: c.cert.der().clone(),
+            key: PrivateKeyDer::try_from(c.signing_key.serialize_der()).expect("private key"),
+        }
+    }
+}
+
+/// Serves TLS on `listener` with `identity`: per connection it reads one line and answers
+/// `<name> <SNI it received> <the line>` and closes.
+pub fn serve_tls(listener: TcpListener, name: &str, identity: &Identity) {
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let name: Arc<str> = name.into();
+    accept_loop(listener, move |s| {
+        let (acceptor, name) = (acceptor.clone(), name.clone());
+        async move {
+            let Ok(Ok(mut tls)) = tokio::time::timeout(IO_TIMEOUT, acceptor.accept(s)).await else {
+                return;
+            };
+            let sni = tls.get_ref().1.server_name().unwrap_or("-").to_string();
+            let Ok(line) = read_line(&mut tls).await else {
+                return;
+            };
+            let reply = format!("{name} {sni} {line}");
+            let _ = tls.write_all(reply.as_bytes()).await;
+            let _ = tls.shutdown().await;
+        }
+    });
+}
+
+async fn read_line(s: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 4096 {
+        let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut byte)).await??;
+        if n == 0 || byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// What a TLS client saw.
+#[derive(Debug)]
+pub struct TlsExchange {
+    /// The certificate the server presented (verified against the trusted ones).
+    pub peer_cert: CertificateDer<'static>,
+    /// The server's answer.
+    pub reply: String,
+}
+
+/// A TLS handshake over `stream` with SNI `sni`, trusting only `trusted`, then `line` sent
+/// and the answer read to the server's close.
+pub async fn tls_exchange(
+    stream: TcpStream,
+    sni: &str,
+    trusted: &[CertificateDer<'static>],
+    line: &str,
+) -> Result<TlsExchange, Failed> {
+    let mut roots = RootCertStore::empty();
+    for c in trusted {
+        roots.add(c.clone()).map_err(|e| e.to_string())?;
+    }
+    let config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut tls = bounded("TLS handshake", connector.connect(name, stream)).await?;
+    let peer_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first().cloned())
+        .ok_or("no server certificate")?;
+    bounded("TLS write", tls.write_all(format!("{line}\n").as_bytes())).await?;
+    let mut reply = Vec::new();
+    bounded("TLS read", tls.read_to_end(&mut reply)).await?;
+    Ok(TlsExchange {
+        peer_cert,
+        reply: String::from_utf8_lossy(&reply).into_owned(),
+    })
+}
+
+// ---- opaque TCP ------------------------------------------------------------------------
+
+/// Serves a binary echo on `listener`: every byte is sent back as it arrives; after the
+/// client's half-close, a last record `0xff <name> <byte count>` and the close.
+pub fn serve_echo(listener: TcpListener, name: &str) {
+    let name: Arc<str> = name.into();
+    accept_loop(listener, move |mut s| {
+        let name = name.clone();
+        async move {
+            let mut buf = [0u8; 4096];
+            let mut total = 0usize;
+            loop {
+                match tokio::time::timeout(IO_TIMEOUT, s.read(&mut buf)).await {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(n)) => {
+                        total += n;
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ => return,
+                }
+            }
+            let mut tail = vec![0xff];
+            tail.extend_from_slice(format!("{name} {total}").as_bytes());
+            let _ = s.write_all(&tail).await;
+            let _ = s.shutdown().await;
+        }
+    });
+}
+
+/// Over `stream`: `first` written and its echo read, then `second` written and the write
+/// side shut down; returns everything read after the first echo, to the server's close.
+pub async fn echo_with_half_close(
+    mut stream: TcpStream,
+    first: &[u8],
+    second: &[u8],
+) -> Result<Vec<u8>, Failed> {
+    bounded("write", stream.write_all(first)).await?;
+    let mut echo = vec![0u8; first.len()];
+    bounded("read the echo", stream.read_exact(&mut echo)).await?;
+    if echo != first {
+        return Err(format!("echo differs: sent {first:?}, got {echo:?}"));
+    }
+    bounded("write", stream.write_all(second)).await?;
+    bounded("half-close", stream.shutdown()).await?;
+    let mut rest = Vec::new();
+    bounded("read after the half-close", stream.read_to_end(&mut rest)).await?;
+    Ok(rest)
+}
