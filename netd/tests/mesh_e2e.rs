@@ -385,8 +385,13 @@ impl Lab {
             .ctr(from)
             .run(|| TcpStream::connect_timeout(&addr, apps::IO_TIMEOUT))
             .map_err(|e| format!("connect from {from} to {addr}: {e}"))?;
+        Ok(self.for_runtime(s))
+    }
+
+    /// `s` as a tokio stream on the lab's runtime.
+    fn for_runtime(&self, s: TcpStream) -> tokio::net::TcpStream {
         let _rt = self.rt.enter();
-        Ok(apps::tokio_stream(s))
+        apps::tokio_stream(s)
     }
 
     /// Starts a server on `[::]:port` (both families) in each replica, on the lab's runtime:
@@ -816,10 +821,7 @@ fn on_one_h2_connection<T, F, Fut>(
 ) -> Result<Vec<T>, String>
 where
     T: Send + 'static,
-    F: Fn(
-        hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
-        usize,
-    ) -> Fut,
+    F: Fn(apps::H2Send, usize) -> Fut,
     Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
 {
     let stream = lab.connect("client", addr)?;
@@ -1164,29 +1166,64 @@ impl Lab {
     }
 }
 
+/// Every sidecar's process and what it holds, before a test's abuse.
+struct Baseline(Vec<(&'static str, u32, Held)>);
+
+impl Baseline {
+    /// The least each sidecar holds over a few samples, once the warm-up's connections are
+    /// gone (pooled upstream connections stay, and are reused afterwards).
+    fn take(lab: &Lab) -> Baseline {
+        Baseline(
+            ["client", "hello-1", "hello-2"]
+                .into_iter()
+                .map(|n| {
+                    let pid = lab.sidecar_pid(n).expect("sidecar runs");
+                    let least = (0..10)
+                        .map(|_| {
+                            std::thread::sleep(Duration::from_millis(20));
+                            lab.held(n, pid)
+                        })
+                        .min_by_key(|h| (h.fds, h.tcp_open))
+                        .expect("samples");
+                    (n, pid, least)
+                })
+                .collect(),
+        )
+    }
+
+    /// Asserts that every sidecar is the same process: none crashed and was restarted.
+    fn assert_not_replaced(&self, lab: &Lab) {
+        for (n, pid, _) in &self.0 {
+            assert_eq!(
+                lab.sidecar_pid(n),
+                Some(*pid),
+                "{n}'s sidecar was replaced:\n{}",
+                lab.log()
+            );
+        }
+    }
+
+    /// Waits until every sidecar holds no more than before: no connection task left behind.
+    fn assert_back(&self, lab: &Lab) {
+        for (n, pid, base) in &self.0 {
+            let mut now = lab.held(n, *pid);
+            let settled = wait_until(WAIT, || {
+                now = lab.held(n, *pid);
+                now.fds <= base.fds && now.tcp_open <= base.tcp_open
+            });
+            assert!(
+                settled,
+                "{n}'s sidecar holds {now:?}, {base:?} before:\n{}",
+                lab.metrics(n)
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_input_through_interception_leaves_the_sidecars_serving_and_clean() {
     let (lab, vip) = hello_answering();
-    let names = ["client", "hello-1", "hello-2"];
-    let pids: Vec<u32> = names
-        .iter()
-        .map(|n| lab.sidecar_pid(n).expect("sidecar runs"))
-        .collect();
-    // The baseline: the least each sidecar holds over a few samples, once the warm-up's
-    // connections are gone (pooled upstream connections stay and are reused).
-    let baseline: Vec<Held> = names
-        .iter()
-        .zip(&pids)
-        .map(|(n, &pid)| {
-            (0..10)
-                .map(|_| {
-                    std::thread::sleep(Duration::from_millis(20));
-                    lab.held(n, pid)
-                })
-                .min_by_key(|h| (h.fds, h.tcp_open))
-                .expect("samples")
-        })
-        .collect();
+    let before = Baseline::take(&lab);
 
     // Garbage on the HTTP port: a 400 or a close, never forwarded.
     let (reply, closed) = send_raw(&lab, vip, b"\x00\xff\x13garbage garbage\r\n\r\n", false);
@@ -1240,28 +1277,113 @@ fn bad_input_through_interception_leaves_the_sidecars_serving_and_clean() {
         });
     }
 
-    // The same sidecars, not restarted, still serving...
-    for (n, pid) in names.iter().zip(&pids) {
-        assert_eq!(
-            lab.sidecar_pid(n),
-            Some(*pid),
-            "{n}'s sidecar was replaced:\n{}",
-            lab.log()
-        );
-    }
+    // The same sidecars, not restarted, still serving, and back to what they held before.
+    before.assert_not_replaced(&lab);
     let t = lab.ctr("client").run(|| requests(vip, 10));
     assert_eq!((t.ok(), t.failed), (10, 0), "after the bad input: {t:?}");
-    // ... and back to what they held before: no connection task left behind.
-    for ((n, &pid), base) in names.iter().zip(&pids).zip(&baseline) {
-        let mut now = lab.held(n, pid);
-        let settled = wait_until(WAIT, || {
-            now = lab.held(n, pid);
-            now.fds <= base.fds && now.tcp_open <= base.tcp_open
-        });
+    before.assert_back(&lab);
+}
+
+/// Streams in flight on one connection in the HTTP/2 abuse test.
+const TRICKLES: usize = 10;
+
+#[test]
+fn h2_streams_reset_or_abandoned_midway_are_released_end_to_end() {
+    let lab = Lab::with(&[H2C]);
+    let trickling = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    lab.serve_on_replicas(H2C.port, |l, name| {
+        apps::serve_h2_counting(l, name, trickling.clone())
+    });
+    let vip = service_vip(&lab, H2C);
+    let base = format!("http://{}.netd.local:{}", H2C.name, H2C.port);
+    let get = |send| apps::h2_get(send, format!("{base}/"));
+    wait_for_both(&lab, "h2c", || {
+        on_one_h2_connection(&lab, vip, 20, |send, _| get(send)).map(|b| count(&b))
+    });
+    let before = Baseline::take(&lab);
+    let no_trickle_left = |what: &str| {
+        let gone = wait_until(WAIT, || trickling.load(Ordering::SeqCst) == 0);
         assert!(
-            settled,
-            "{n}'s sidecar holds {now:?}, {base:?} before the bad input:\n{}",
-            lab.metrics(n)
+            gone,
+            "{what}: {} responses still sent by the replicas",
+            trickling.load(Ordering::SeqCst)
         );
-    }
+    };
+    // Streams whose every hop has started its response, on one connection.
+    let open_trickles = |send: &apps::H2Send| {
+        lab.rt.block_on(async {
+            let calls: Vec<_> = (0..TRICKLES)
+                .map(|_| {
+                    let uri = format!("{base}{}", apps::DRIP_PATH);
+                    tokio::spawn(apps::h2_first_chunk(send.clone(), uri))
+                })
+                .collect();
+            let mut bodies = Vec::new();
+            for c in calls {
+                match c.await {
+                    Ok(Ok(body)) => bodies.push(body),
+                    other => panic!("a trickle did not start: {other:?}"),
+                }
+            }
+            bodies
+        })
+    };
+    // An HTTP/2 connection from the client, and a second handle on its socket to cut it
+    // (the connection's own tasks hold the first).
+    let h2_connection = || {
+        let s = lab
+            .ctr("client")
+            .run(|| TcpStream::connect_timeout(&vip, apps::IO_TIMEOUT))
+            .expect("connect");
+        let cut = s.try_clone().expect("a second handle");
+        let send = lab
+            .rt
+            .block_on(apps::h2_handshake(lab.for_runtime(s)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        (send, cut)
+    };
+
+    // Streams reset by the client (bodies dropped: RST_STREAM) on a connection that stays:
+    // each reset travels through both sidecars to the application.
+    let (send, socket) = h2_connection();
+    let bodies = open_trickles(&send);
+    assert_eq!(trickling.load(Ordering::SeqCst), TRICKLES);
+    drop(bodies);
+    no_trickle_left("streams reset by the client");
+    let body = lab
+        .rt
+        .block_on(get(send.clone()))
+        .unwrap_or_else(|e| panic!("the connection after the resets: {e}"));
+    assert!(body.starts_with("hello-"), "{body}");
+    drop((send, socket));
+
+    // A client that vanishes with streams in flight: its socket shut down at once.
+    let (send, socket) = h2_connection();
+    let bodies = open_trickles(&send);
+    socket
+        .shutdown(std::net::Shutdown::Both)
+        .expect("shut the socket down");
+    no_trickle_left("a connection dropped with streams in flight");
+    drop((bodies, send, socket));
+
+    // A header list beyond the sidecar's 64 KiB: refused with a 431 (or the stream reset).
+    let (mut send, socket) = h2_connection();
+    let big = lab.rt.block_on(async {
+        let req = hyper::Request::get(format!("{base}/"))
+            .header("x-big", "a".repeat(96 * 1024))
+            .body(http_body_util::Full::default())
+            .expect("request");
+        tokio::time::timeout(apps::IO_TIMEOUT, send.send_request(req)).await
+    });
+    assert!(
+        matches!(&big, Ok(Ok(r)) if r.status() == 431) || matches!(&big, Ok(Err(_))),
+        "an oversized header list: {big:?}"
+    );
+    drop((big, send, socket));
+
+    before.assert_not_replaced(&lab);
+    let served = on_one_h2_connection(&lab, vip, 20, |send, _| get(send))
+        .unwrap_or_else(|e| panic!("after the abuse: {e}"));
+    assert_eq!(served.len(), 20);
+    before.assert_back(&lab);
 }

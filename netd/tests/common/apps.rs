@@ -7,6 +7,7 @@
 //! Everything the clients do is bounded by [`IO_TIMEOUT`].
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,16 +81,33 @@ pub const GRPC_FAIL: &[u8] = b"please fail";
 
 type H2Body = UnsyncBoxBody<Bytes, Infallible>;
 
+/// The path on which [`serve_h2`] answers with an endless trickle of [`DRIP`] chunks.
+pub const DRIP_PATH: &str = "/drip";
+/// One chunk of a trickle.
+pub const DRIP: &[u8] = b"drip\n";
+/// How often a trickle sends a chunk, and for how long at most.
+const DRIP_EVERY: Duration = Duration::from_millis(20);
+const DRIP_FOR: Duration = Duration::from_secs(60);
+
 /// Serves HTTP/2 prior knowledge on `listener`: a gRPC request (`content-type:
 /// application/grpc`) gets one message `<name>:<its message>` and trailers `grpc-status: 0`,
-/// `grpc-message` and `x-replica: <name>` (status 5 for [`GRPC_FAIL`]); any other request
-/// gets `name` as its body.
+/// `grpc-message` and `x-replica: <name>` (status 5 for [`GRPC_FAIL`]); a request for
+/// [`DRIP_PATH`] a response body that trickles [`DRIP`] until the stream is gone; any other
+/// request gets `name` as its body.
 pub fn serve_h2(listener: TcpListener, name: &str) {
+    serve_h2_counting(listener, name, Arc::default());
+}
+
+/// [`serve_h2`], with `trickling` counting the [`DRIP_PATH`] responses still being sent: one
+/// stops when the client's stream is reset or its connection closed.
+pub fn serve_h2_counting(listener: TcpListener, name: &str, trickling: Arc<AtomicUsize>) {
     let name: Arc<str> = name.into();
     accept_loop(listener, move |s| {
-        let name = name.clone();
+        let (name, trickling) = (name.clone(), trickling.clone());
         async move {
-            let svc = hyper::service::service_fn(move |req| answer_h2(req, name.clone()));
+            let svc = hyper::service::service_fn(move |req| {
+                answer_h2(req, name.clone(), trickling.clone())
+            });
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(s), svc)
                 .await;
@@ -97,7 +115,50 @@ pub fn serve_h2(listener: TcpListener, name: &str) {
     });
 }
 
-async fn answer_h2(req: Request<Incoming>, name: Arc<str>) -> Result<Response<H2Body>, Infallible> {
+/// A response body fed by a task through a channel; the task sees the body dropped (the
+/// stream reset) when its next send fails.
+struct Trickle(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Trickle {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(c))))
+    }
+}
+
+/// A [`Trickle`] counted in `trickling` while its task sends.
+fn trickle(trickling: Arc<AtomicUsize>) -> Trickle {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    trickling.fetch_add(1, Ordering::SeqCst);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(DRIP_EVERY);
+        let deadline = tokio::time::Instant::now() + DRIP_FOR;
+        while tokio::time::Instant::now() < deadline {
+            ticks.tick().await;
+            if tx.send(Bytes::from_static(DRIP)).await.is_err() {
+                break;
+            }
+        }
+        trickling.fetch_sub(1, Ordering::SeqCst);
+    });
+    Trickle(rx)
+}
+
+async fn answer_h2(
+    req: Request<Incoming>,
+    name: Arc<str>,
+    trickling: Arc<AtomicUsize>,
+) -> Result<Response<H2Body>, Infallible> {
+    if req.uri().path() == DRIP_PATH {
+        return Ok(Response::new(trickle(trickling).boxed_unsync()));
+    }
     let grpc = req
         .headers()
         .get(CONTENT_TYPE)
@@ -150,10 +211,12 @@ pub fn grpc_unframe(mut body: Bytes) -> Option<Vec<u8>> {
     (body.len() == len).then(|| body.to_vec())
 }
 
-/// An HTTP/2 prior-knowledge client connection over `stream` (its driver on its own task).
-pub async fn h2_handshake(
-    stream: TcpStream,
-) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, Failed> {
+/// Sends requests on an HTTP/2 client connection.
+pub type H2Send = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// An HTTP/2 prior-knowledge client connection over `stream` (its driver on its own task;
+/// the connection closes once every clone of the sender is gone).
+pub async fn h2_handshake(stream: TcpStream) -> Result<H2Send, Failed> {
     let (send, conn) = bounded(
         "HTTP/2 handshake",
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)),
@@ -163,11 +226,25 @@ pub async fn h2_handshake(
     Ok(send)
 }
 
+/// `GET uri` on `send`, once its response head and first data arrived: the body, still
+/// coming (drop it to reset the stream).
+pub async fn h2_first_chunk(mut send: H2Send, uri: String) -> Result<Incoming, Failed> {
+    let req = Request::get(&uri)
+        .body(Full::default())
+        .map_err(|e| e.to_string())?;
+    let resp = bounded("HTTP/2 request", send.send_request(req)).await?;
+    if resp.status() != 200 {
+        return Err(format!("HTTP/2 status {}", resp.status()));
+    }
+    let mut body = resp.into_body();
+    match tokio::time::timeout(IO_TIMEOUT, body.frame()).await {
+        Ok(Some(Ok(f))) if f.is_data() => Ok(body),
+        other => Err(format!("no first chunk: {other:?}")),
+    }
+}
+
 /// `GET uri` on the HTTP/2 connection `send`: the body of a 200.
-pub async fn h2_get(
-    mut send: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
-    uri: String,
-) -> Result<String, Failed> {
+pub async fn h2_get(mut send: H2Send, uri: String) -> Result<String, Failed> {
     let req = Request::get(&uri)
         .body(Full::default())
         .map_err(|e| e.to_string())?;
@@ -200,11 +277,7 @@ impl GrpcReply {
 }
 
 /// A unary gRPC call `POST uri` with one message `msg` on the HTTP/2 connection `send`.
-pub async fn grpc_call(
-    mut send: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
-    uri: String,
-    msg: Vec<u8>,
-) -> Result<GrpcReply, Failed> {
+pub async fn grpc_call(mut send: H2Send, uri: String, msg: Vec<u8>) -> Result<GrpcReply, Failed> {
     let req = Request::post(&uri)
         .header(CONTENT_TYPE, "application/grpc")
         .header("te", "trailers")
