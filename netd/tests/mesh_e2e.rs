@@ -950,6 +950,9 @@ fn h2c_on_one_connection_is_balanced_per_request() {
     }
 }
 
+/// The messages of a bidirectional gRPC stream.
+const CHAT: [&str; 5] = ["one", "two", "three", "four", "five"];
+
 #[test]
 fn grpc_trailers_cross_both_sidecars_and_calls_are_balanced() {
     let lab = Lab::with(&[GRPC]);
@@ -1000,6 +1003,44 @@ fn grpc_trailers_cross_both_sidecars_and_calls_are_balanced() {
         Some("no such thing"),
         "{failed:?}"
     );
+
+    // A large message each way: flow control on every hop.
+    let big = binary_bytes(4 << 20, 3);
+    let reply = on_one_h2_connection(&lab, vip, 1, |send, _| {
+        apps::grpc_call(send, uri.clone(), big.clone())
+    })
+    .unwrap_or_else(|e| panic!("a 4 MiB gRPC message: {e}"));
+    let (answer, trailers) = (&reply[0].message, reply[0].trailer("grpc-status"));
+    assert!(
+        answer.starts_with(b"hello-") && answer.ends_with(&big) && trailers == Some("0"),
+        "a 4 MiB gRPC message came back as {} bytes, grpc-status {trailers:?}",
+        answer.len()
+    );
+
+    // Bidirectional streams, several on the connection: each message is sent only once the
+    // one before was answered, so answers must flow back while the request is still open.
+    let chat_uri = format!(
+        "http://{}.netd.local:{}{}",
+        GRPC.name,
+        GRPC.port,
+        apps::CHAT_PATH
+    );
+    let chats = on_one_h2_connection(&lab, vip, 4, |send, _| {
+        apps::grpc_chat(send, chat_uri.clone(), &CHAT)
+    })
+    .unwrap_or_else(|e| panic!("bidirectional gRPC: {e}\n{}", lab.log()));
+    for (answers, trailers) in &chats {
+        let replica = trailers.get("x-replica").and_then(|v| v.to_str().ok());
+        let expected: Vec<String> = CHAT
+            .iter()
+            .map(|w| format!("{}:{w}", replica.unwrap_or("?")))
+            .collect();
+        assert_eq!(answers, &expected, "{trailers:?}");
+        assert_eq!(
+            trailers.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"0"[..])
+        );
+    }
 
     for r in ["hello-1", "hello-2"] {
         lab.assert_counted(
@@ -1371,7 +1412,7 @@ fn h2_streams_reset_or_abandoned_midway_are_released_end_to_end() {
     let big = lab.rt.block_on(async {
         let req = hyper::Request::get(format!("{base}/"))
             .header("x-big", "a".repeat(96 * 1024))
-            .body(http_body_util::Full::default())
+            .body(apps::no_body())
             .expect("request");
         tokio::time::timeout(apps::IO_TIMEOUT, send.send_request(req)).await
     });

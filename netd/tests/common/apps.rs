@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -78,8 +78,11 @@ where
 
 /// The gRPC message that makes [`serve_h2`] fail the call with `NOT_FOUND` in its trailers.
 pub const GRPC_FAIL: &[u8] = b"please fail";
+/// The path of [`serve_h2`]'s bidirectional gRPC method.
+pub const CHAT_PATH: &str = "/netd.test.Echo/Chat";
 
-type H2Body = UnsyncBoxBody<Bytes, Infallible>;
+/// Every body here, requests' and responses'.
+pub type H2Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// The path on which [`serve_h2`] answers with an endless trickle of [`DRIP`] chunks.
 pub const DRIP_PATH: &str = "/drip";
@@ -91,7 +94,8 @@ const DRIP_FOR: Duration = Duration::from_secs(60);
 
 /// Serves HTTP/2 prior knowledge on `listener`: a gRPC request (`content-type:
 /// application/grpc`) gets one message `<name>:<its message>` and trailers `grpc-status: 0`,
-/// `grpc-message` and `x-replica: <name>` (status 5 for [`GRPC_FAIL`]); a request for
+/// `grpc-message` and `x-replica: <name>` (status 5 for [`GRPC_FAIL`]), or on [`CHAT_PATH`]
+/// one such message per message, as they come (see [`chat`]); a request for
 /// [`DRIP_PATH`] a response body that trickles [`DRIP`] until the stream is gone; any other
 /// request gets `name` as its body.
 pub fn serve_h2(listener: TcpListener, name: &str) {
@@ -115,40 +119,110 @@ pub fn serve_h2_counting(listener: TcpListener, name: &str, trickling: Arc<Atomi
     });
 }
 
-/// A response body fed by a task through a channel; the task sees the body dropped (the
-/// stream reset) when its next send fails.
-struct Trickle(tokio::sync::mpsc::Receiver<Bytes>);
+/// A body fed by a task through a channel (data, then maybe trailers); the task sees the
+/// body dropped (its stream reset) when its next send fails, and ends the body by dropping
+/// its sender.
+pub struct Piped(tokio::sync::mpsc::Receiver<Frame<Bytes>>);
 
-impl hyper::body::Body for Trickle {
+impl Piped {
+    /// A body, and where to send its frames.
+    pub fn new() -> (tokio::sync::mpsc::Sender<Frame<Bytes>>, Piped) {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        (tx, Piped(rx))
+    }
+}
+
+impl hyper::body::Body for Piped {
     type Data = Bytes;
     type Error = Infallible;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(c))))
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|frame| frame.map(Ok))
     }
 }
 
-/// A [`Trickle`] counted in `trickling` while its task sends.
-fn trickle(trickling: Arc<AtomicUsize>) -> Trickle {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
+/// A body that trickles [`DRIP`], counted in `trickling` while its task sends.
+fn trickle(trickling: Arc<AtomicUsize>) -> Piped {
+    let (tx, body) = Piped::new();
     trickling.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(DRIP_EVERY);
         let deadline = tokio::time::Instant::now() + DRIP_FOR;
         while tokio::time::Instant::now() < deadline {
             ticks.tick().await;
-            if tx.send(Bytes::from_static(DRIP)).await.is_err() {
+            if tx
+                .send(Frame::data(Bytes::from_static(DRIP)))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
         trickling.fetch_sub(1, Ordering::SeqCst);
     });
-    Trickle(rx)
+    body
+}
+
+/// Splits the whole gRPC messages off the front of `buf`.
+fn take_messages(buf: &mut BytesMut) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    while buf.len() >= 5 {
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if buf.len() < 5 + len {
+            break;
+        }
+        let mut m = buf.split_to(5 + len);
+        m.advance(5);
+        out.push(m.freeze());
+    }
+    out
+}
+
+/// A bidirectional gRPC stream: each message is answered with `<name>:<message>` as soon
+/// as it has arrived, while the request goes on; its end is answered with the trailers.
+fn chat(body: Incoming, name: Arc<str>) -> Piped {
+    let (tx, piped) = Piped::new();
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut buf = BytesMut::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            for m in take_messages(&mut buf) {
+                let mut reply = format!("{name}:").into_bytes();
+                reply.extend_from_slice(&m);
+                if tx.send(Frame::data(grpc_frame(&reply))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = tx
+            .send(Frame::trailers(grpc_trailers("0", "ok", &name)))
+            .await;
+    });
+    piped
+}
+
+fn grpc_trailers(status: &'static str, message: &'static str, name: &str) -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static(status));
+    trailers.insert("grpc-message", HeaderValue::from_static(message));
+    if let Ok(v) = HeaderValue::from_str(name) {
+        trailers.insert("x-replica", v);
+    }
+    trailers
+}
+
+fn grpc_response(body: H2Body) -> Response<H2Body> {
+    let mut resp = Response::new(body);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    resp
 }
 
 async fn answer_h2(
@@ -166,6 +240,9 @@ async fn answer_h2(
     if !grpc {
         return Ok(Response::new(Full::from(name.to_string()).boxed_unsync()));
     }
+    if req.uri().path() == CHAT_PATH {
+        return Ok(grpc_response(chat(req.into_body(), name).boxed_unsync()));
+    }
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
@@ -178,19 +255,11 @@ async fn answer_h2(
     };
     let mut reply = format!("{name}:").into_bytes();
     reply.extend_from_slice(&msg);
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static(status));
-    trailers.insert("grpc-message", HeaderValue::from_static(message));
-    if let Ok(v) = HeaderValue::from_str(&name) {
-        trailers.insert("x-replica", v);
-    }
+    let trailers = grpc_trailers(status, message, &name);
     let body = Full::new(grpc_frame(&reply))
         .with_trailers(async move { Some(Ok(trailers)) })
         .boxed_unsync();
-    let mut resp = Response::new(body);
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    Ok(resp)
+    Ok(grpc_response(body))
 }
 
 /// One gRPC message on the wire: not compressed, 4-byte big-endian length, the bytes.
@@ -212,7 +281,12 @@ pub fn grpc_unframe(mut body: Bytes) -> Option<Vec<u8>> {
 }
 
 /// Sends requests on an HTTP/2 client connection.
-pub type H2Send = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+pub type H2Send = hyper::client::conn::http2::SendRequest<H2Body>;
+
+/// An empty request body.
+pub fn no_body() -> H2Body {
+    Full::default().boxed_unsync()
+}
 
 /// An HTTP/2 prior-knowledge client connection over `stream` (its driver on its own task;
 /// the connection closes once every clone of the sender is gone).
@@ -230,7 +304,7 @@ pub async fn h2_handshake(stream: TcpStream) -> Result<H2Send, Failed> {
 /// coming (drop it to reset the stream).
 pub async fn h2_first_chunk(mut send: H2Send, uri: String) -> Result<Incoming, Failed> {
     let req = Request::get(&uri)
-        .body(Full::default())
+        .body(no_body())
         .map_err(|e| e.to_string())?;
     let resp = bounded("HTTP/2 request", send.send_request(req)).await?;
     if resp.status() != 200 {
@@ -246,7 +320,7 @@ pub async fn h2_first_chunk(mut send: H2Send, uri: String) -> Result<Incoming, F
 /// `GET uri` on the HTTP/2 connection `send`: the body of a 200.
 pub async fn h2_get(mut send: H2Send, uri: String) -> Result<String, Failed> {
     let req = Request::get(&uri)
-        .body(Full::default())
+        .body(no_body())
         .map_err(|e| e.to_string())?;
     let resp = bounded("HTTP/2 request", send.send_request(req)).await?;
     let status = resp.status();
@@ -281,7 +355,7 @@ pub async fn grpc_call(mut send: H2Send, uri: String, msg: Vec<u8>) -> Result<Gr
     let req = Request::post(&uri)
         .header(CONTENT_TYPE, "application/grpc")
         .header("te", "trailers")
-        .body(Full::new(grpc_frame(&msg)))
+        .body(Full::new(grpc_frame(&msg)).boxed_unsync())
         .map_err(|e| e.to_string())?;
     let resp = bounded("gRPC request", send.send_request(req)).await?;
     if resp.status() != 200 {
@@ -300,6 +374,62 @@ pub async fn grpc_call(mut send: H2Send, uri: String, msg: Vec<u8>) -> Result<Gr
         message,
         trailers,
     })
+}
+
+/// A bidirectional gRPC call on `send`: `messages` sent one at a time, each only once the
+/// answer to the one before has come back (so the answers must flow while the request is
+/// still open), then the request ended. The answers, and the trailers.
+pub async fn grpc_chat(
+    mut send: H2Send,
+    uri: String,
+    messages: &[&str],
+) -> Result<(Vec<String>, HeaderMap), Failed> {
+    let (tx, body) = Piped::new();
+    let req = Request::post(&uri)
+        .header(CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers")
+        .body(body.boxed_unsync())
+        .map_err(|e| e.to_string())?;
+    // The first message goes out with the request: a server (or a proxy) may wait for some
+    // body before it answers the head.
+    let mut pending = messages.iter();
+    let first = pending.next().ok_or("no message")?;
+    let _ = tx.send(Frame::data(grpc_frame(first.as_bytes()))).await;
+    let resp = bounded("gRPC stream", send.send_request(req)).await?;
+    if resp.status() != 200 {
+        return Err(format!("gRPC HTTP status {}", resp.status()));
+    }
+    // The request stays open while `tx` lives.
+    let mut tx = Some(tx);
+    let mut body = resp.into_body();
+    let mut buf = BytesMut::new();
+    let mut answers = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(IO_TIMEOUT, body.frame()).await {
+            Err(_) => return Err(format!("no answer within {IO_TIMEOUT:?} after {answers:?}")),
+            Ok(None) => return Err(format!("no trailers after {answers:?}")),
+            Ok(Some(Err(e))) => return Err(format!("gRPC stream after {answers:?}: {e}")),
+            Ok(Some(Ok(f))) => f,
+        };
+        let data = match frame.into_data() {
+            Ok(d) => d,
+            Err(frame) => match frame.into_trailers() {
+                Ok(t) => return Ok((answers, t)),
+                Err(_) => continue,
+            },
+        };
+        buf.extend_from_slice(&data);
+        for m in take_messages(&mut buf) {
+            answers.push(String::from_utf8_lossy(&m).into_owned());
+            // Answered: the next message, or the end of the request.
+            match (pending.next(), &tx) {
+                (Some(next), Some(t)) => {
+                    let _ = t.send(Frame::data(grpc_frame(next.as_bytes()))).await;
+                }
+                _ => tx = None,
+            }
+        }
+    }
 }
 
 // ---- TLS -------------------------------------------------------------------------------
