@@ -25,7 +25,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1325,31 +1325,42 @@ fn bad_input_through_interception_leaves_the_sidecars_serving_and_clean() {
     before.assert_back(&lab);
 }
 
+/// A lab whose replicas serve `svc` with `serve`, which counts its endless responses in
+/// the counter returned (with the VIP).
+fn trickling_lab(
+    svc: Svc,
+    serve: fn(tokio::net::TcpListener, &str, Arc<AtomicUsize>),
+) -> (Lab, Arc<AtomicUsize>, SocketAddr) {
+    let lab = Lab::with(&[svc]);
+    let trickling = Arc::new(AtomicUsize::new(0));
+    lab.serve_on_replicas(svc.port, |l, name| serve(l, name, trickling.clone()));
+    let vip = service_vip(&lab, svc);
+    (lab, trickling, vip)
+}
+
+/// Waits until no endless response is being sent any more (each stops when its client is
+/// seen gone, by the replica's server).
+fn no_trickle_left(trickling: &AtomicUsize, what: &str) {
+    let gone = wait_until(WAIT, || trickling.load(Ordering::SeqCst) == 0);
+    assert!(
+        gone,
+        "{what}: {} responses still sent by the replicas",
+        trickling.load(Ordering::SeqCst)
+    );
+}
+
 /// Streams in flight on one connection in the HTTP/2 abuse test.
 const TRICKLES: usize = 10;
 
 #[test]
 fn h2_streams_reset_or_abandoned_midway_are_released_end_to_end() {
-    let lab = Lab::with(&[H2C]);
-    let trickling = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    lab.serve_on_replicas(H2C.port, |l, name| {
-        apps::serve_h2_counting(l, name, trickling.clone())
-    });
-    let vip = service_vip(&lab, H2C);
+    let (lab, trickling, vip) = trickling_lab(H2C, apps::serve_h2_counting);
     let base = format!("http://{}.netd.local:{}", H2C.name, H2C.port);
     let get = |send| apps::h2_get(send, format!("{base}/"));
     wait_for_both(&lab, "h2c", || {
         on_one_h2_connection(&lab, vip, 20, |send, _| get(send)).map(|b| count(&b))
     });
     let before = Baseline::take(&lab);
-    let no_trickle_left = |what: &str| {
-        let gone = wait_until(WAIT, || trickling.load(Ordering::SeqCst) == 0);
-        assert!(
-            gone,
-            "{what}: {} responses still sent by the replicas",
-            trickling.load(Ordering::SeqCst)
-        );
-    };
     // Streams whose every hop has started its response, on one connection.
     let open_trickles = |send: &apps::H2Send| {
         lab.rt.block_on(async {
@@ -1390,7 +1401,7 @@ fn h2_streams_reset_or_abandoned_midway_are_released_end_to_end() {
     let bodies = open_trickles(&send);
     assert_eq!(trickling.load(Ordering::SeqCst), TRICKLES);
     drop(bodies);
-    no_trickle_left("streams reset by the client");
+    no_trickle_left(&trickling, "streams reset by the client");
     let body = lab
         .rt
         .block_on(get(send.clone()))
@@ -1404,7 +1415,7 @@ fn h2_streams_reset_or_abandoned_midway_are_released_end_to_end() {
     socket
         .shutdown(std::net::Shutdown::Both)
         .expect("shut the socket down");
-    no_trickle_left("a connection dropped with streams in flight");
+    no_trickle_left(&trickling, "a connection dropped with streams in flight");
     drop((bodies, send, socket));
 
     // A header list beyond the sidecar's 64 KiB: refused with a 431 (or the stream reset).
@@ -1426,5 +1437,57 @@ fn h2_streams_reset_or_abandoned_midway_are_released_end_to_end() {
     let served = on_one_h2_connection(&lab, vip, 20, |send, _| get(send))
         .unwrap_or_else(|e| panic!("after the abuse: {e}"));
     assert_eq!(served.len(), 20);
+    before.assert_back(&lab);
+}
+
+/// HTTP/1.1 served by hyper, with the `http` hint.
+const WEB: Svc = Svc::new("web", 8081, Protocol::Http);
+
+#[test]
+fn http1_responses_abandoned_midway_free_their_upstream_connections() {
+    let (lab, trickling, vip) = trickling_lab(WEB, apps::serve_h1_counting);
+    assert!(
+        lab.answered_by(vip, &["hello-1", "hello-2"]),
+        "both replicas never answered"
+    );
+    let before = Baseline::take(&lab);
+
+    // Keep-alive connections that read the start of an endless response, then close: each
+    // hop must close (not pool) its upstream connection with the response half read, so
+    // the application sees its client go.
+    for i in 0..10 {
+        let started = lab.ctr("client").run(|| -> std::io::Result<bool> {
+            let mut s = TcpStream::connect_timeout(&vip, apps::IO_TIMEOUT)?;
+            s.set_read_timeout(Some(apps::IO_TIMEOUT))?;
+            write!(s, "GET {} HTTP/1.1\r\nHost: web\r\n\r\n", apps::DRIP_PATH)?;
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while seen.len() < 64 * 1024 {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(apps::DRIP.len()).any(|w| w == apps::DRIP) {
+                    return Ok(seen.starts_with(b"HTTP/1.1 200"));
+                }
+            }
+            Ok(false)
+        });
+        assert!(
+            matches!(started, Ok(true)),
+            "trickle {i} did not start: {started:?}"
+        );
+    }
+    no_trickle_left(&trickling, "clients gone midway");
+    // No leftover of those responses is served as the answer to a later request.
+    let t = lab.ctr("client").run(|| requests(vip, 100));
+    assert_eq!(t.failed, 0, "{t:?}");
+    assert!(
+        t.answers.keys().all(|k| k.starts_with("hello-")),
+        "answers: {t:?}"
+    );
+
+    before.assert_not_replaced(&lab);
     before.assert_back(&lab);
 }

@@ -105,18 +105,48 @@ pub fn serve_h2(listener: TcpListener, name: &str) {
 /// [`serve_h2`], with `trickling` counting the [`DRIP_PATH`] responses still being sent: one
 /// stops when the client's stream is reset or its connection closed.
 pub fn serve_h2_counting(listener: TcpListener, name: &str, trickling: Arc<AtomicUsize>) {
-    let name: Arc<str> = name.into();
+    let app = App {
+        name: name.into(),
+        trickling,
+    };
     accept_loop(listener, move |s| {
-        let (name, trickling) = (name.clone(), trickling.clone());
-        async move {
-            let svc = hyper::service::service_fn(move |req| {
-                answer_h2(req, name.clone(), trickling.clone())
-            });
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(s), svc)
-                .await;
-        }
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(s), app.clone());
+        async move { drop(conn.await) }
     });
+}
+
+/// [`serve_h2_counting`] over HTTP/1.1 (keep-alive; a trickle is chunked, and stops when
+/// the connection closes).
+pub fn serve_h1_counting(listener: TcpListener, name: &str, trickling: Arc<AtomicUsize>) {
+    let app = App {
+        name: name.into(),
+        trickling,
+    };
+    accept_loop(listener, move |s| {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(s), app.clone());
+        async move { drop(conn.await) }
+    });
+}
+
+/// What the servers answer (see [`serve_h2`]), as hyper's service.
+#[derive(Clone)]
+struct App {
+    name: Arc<str>,
+    trickling: Arc<AtomicUsize>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for App {
+    type Response = Response<H2Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<H2Body>, Infallible>> + Send>,
+    >;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        Box::pin(answer(req, self.name.clone(), self.trickling.clone()))
+    }
 }
 
 /// A body fed by a task through a channel (data, then maybe trailers); the task sees the
@@ -225,7 +255,7 @@ fn grpc_response(body: H2Body) -> Response<H2Body> {
     resp
 }
 
-async fn answer_h2(
+async fn answer(
     req: Request<Incoming>,
     name: Arc<str>,
     trickling: Arc<AtomicUsize>,
