@@ -917,14 +917,22 @@ fn h2c_on_one_connection_is_balanced_per_request() {
     lab.serve_on_replicas(H2C.port, apps::serve_h2);
     let vip = service_vip(&lab, H2C);
     let uri = format!("http://{}.netd.local:{}/", H2C.name, H2C.port);
-    let batch = |n| {
-        on_one_h2_connection(&lab, vip, n, |send, _| apps::h2_get(send, uri.clone()))
+    let batch = |addr, n| {
+        on_one_h2_connection(&lab, addr, n, |send, _| apps::h2_get(send, uri.clone()))
             .map(|bodies| count(&bodies))
     };
     // Endpoints reach the client's sidecar through netd's watch.
-    wait_for_both(&lab, "h2c", || batch(20));
-    let served = batch(H2_BATCH).unwrap_or_else(|e| panic!("h2c batch: {e}\n{}", lab.log()));
+    wait_for_both(&lab, "h2c", || batch(vip, 20));
+    let served = batch(vip, H2_BATCH).unwrap_or_else(|e| panic!("h2c batch: {e}\n{}", lab.log()));
     assert_shared(&served, H2_BATCH, "one h2c connection");
+
+    // To a replica's own address, over IPv6 (the sidecars' IPv6 listeners): no service,
+    // every request reaches that replica.
+    for r in ["hello-1", "hello-2"] {
+        let addr = SocketAddr::new(IpAddr::V6(lab.ctr(r).ip6), H2C.port);
+        let served = batch(addr, 10).unwrap_or_else(|e| panic!("h2c to {addr}: {e}"));
+        assert_eq!(served, BTreeMap::from([(r.to_string(), 10)]), "to {addr}");
+    }
 
     // Detected as HTTP/2 by both sidecars (the client's, and each replica's inbound one),
     // and counted per request under the service.
@@ -1065,10 +1073,11 @@ fn tls_is_passed_through_to_the_replica_that_holds_the_key() {
     let trusted: Vec<_> = ids.values().map(|i| i.cert.clone()).collect();
     let vip = service_vip(&lab, SECURE);
 
-    // New connections until both replicas answered (balanced per connection).
-    per_connection_until_both(&lab, "TLS", |i| {
+    // New connections until both replicas answered (balanced per connection), then one to
+    // each replica's own address over IPv6.
+    let exchange = |addr, i| {
         let line = format!("secret {i}");
-        let s = lab.connect("client", vip)?;
+        let s = lab.connect("client", addr)?;
         let x = lab
             .rt
             .block_on(apps::tls_exchange(s, &sni, &trusted, &line))?;
@@ -1085,7 +1094,12 @@ fn tls_is_passed_through_to_the_replica_that_holds_the_key() {
         assert_eq!(seen_sni, Some(sni.as_str()), "{x:?}");
         assert_eq!(echoed, Some(line.as_str()), "{x:?}");
         Ok(replica)
-    });
+    };
+    per_connection_until_both(&lab, "TLS", |i| exchange(vip, i));
+    for r in ["hello-1", "hello-2"] {
+        let addr = SocketAddr::new(IpAddr::V6(lab.ctr(r).ip6), SECURE.port);
+        assert_eq!(exchange(addr, 0).as_deref(), Ok(r), "TLS to {addr}");
+    }
 
     lab.assert_counted(
         "client",
@@ -1107,6 +1121,48 @@ fn tls_is_passed_through_to_the_replica_that_holds_the_key() {
     }
 }
 
+/// A binary exchange with [`apps::serve_echo`]'s echo: a first part and its echo, then a
+/// second part and the write side shut down.
+struct Echo {
+    first: Vec<u8>,
+    second: Vec<u8>,
+}
+
+impl Echo {
+    fn new() -> Echo {
+        let mut first = vec![0x00, 0xff, 0x13];
+        first.extend(binary_bytes(1000, 0));
+        // Large enough to need several reads and writes on every hop.
+        let second = binary_bytes(200 * 1024, 7);
+        Echo { first, second }
+    }
+
+    /// Bytes sent.
+    fn total(&self) -> usize {
+        self.first.len() + self.second.len()
+    }
+
+    /// The exchange over `s`, bytes checked both ways: the replica that answered.
+    async fn exchange(&self, s: tokio::net::TcpStream) -> Result<String, String> {
+        let rest = apps::echo_with_half_close(s, &self.first, &self.second).await?;
+        // The echo of the second part, then, after the server saw our half-close, its last
+        // record: who served and how many bytes it got.
+        let n = self.second.len();
+        if rest.len() <= n || rest[..n] != self.second[..] {
+            return Err(format!(
+                "the echo after the half-close differs ({} bytes)",
+                rest.len()
+            ));
+        }
+        let tail = String::from_utf8_lossy(&rest[n + 1..]).into_owned();
+        let (replica, total) = tail
+            .split_once(' ')
+            .ok_or(format!("last record {tail:?}"))?;
+        assert_eq!(total, self.total().to_string(), "{tail}");
+        Ok(replica.to_string())
+    }
+}
+
 /// A binary payload that no detector takes for HTTP or TLS: every byte value in turn.
 fn binary_bytes(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -1119,30 +1175,10 @@ fn raw_tcp_is_balanced_per_connection_with_half_close() {
     let lab = Lab::with(&[BLOB]);
     lab.serve_on_replicas(BLOB.port, apps::serve_echo);
     let vip = service_vip(&lab, BLOB);
-    let mut first = vec![0x00, 0xff, 0x13];
-    first.extend(binary_bytes(1000, 0));
-    // Large enough to need several reads and writes on every hop.
-    let second = binary_bytes(200 * 1024, 7);
-
+    let echo = Echo::new();
     let served = per_connection_until_both(&lab, "TCP", |_| {
         let s = lab.connect("client", vip)?;
-        let rest = lab
-            .rt
-            .block_on(apps::echo_with_half_close(s, &first, &second))?;
-        // The echo of the second part, then, after the server saw our half-close, its last
-        // record: who served and how many bytes it got.
-        if rest.len() <= second.len() || rest[..second.len()] != second[..] {
-            return Err(format!(
-                "the echo after the half-close differs ({} bytes)",
-                rest.len()
-            ));
-        }
-        let tail = String::from_utf8_lossy(&rest[second.len() + 1..]).into_owned();
-        let (replica, total) = tail
-            .split_once(' ')
-            .ok_or(format!("last record {tail:?}"))?;
-        assert_eq!(total, (first.len() + second.len()).to_string(), "{tail}");
-        Ok(replica.to_string())
+        lab.rt.block_on(echo.exchange(s))
     });
 
     let l = [
@@ -1166,8 +1202,23 @@ fn raw_tcp_is_balanced_per_connection_with_half_close() {
         "client",
         "netd_tcp_sent_bytes_total",
         &l,
-        ok * (first.len() + second.len()) as u64,
+        ok * echo.total() as u64,
     );
+}
+
+#[test]
+fn http1_upgrade_switches_to_a_binary_stream_through_both_sidecars() {
+    let (lab, _, vip) = trickling_lab(WEB, apps::serve_h1_counting);
+    let echo = Echo::new();
+    // Balanced per request: the upgrade request picks the replica, which then has the
+    // connection to itself.
+    per_connection_until_both(&lab, "upgrade", |_| {
+        let s = lab.connect("client", vip)?;
+        lab.rt.block_on(async {
+            let s = apps::upgrade(s, WEB.name, "netd-echo").await?;
+            echo.exchange(s).await
+        })
+    });
 }
 
 /// Writes `bytes` to a new connection from the client to `addr` (write errors ignored: the
@@ -1481,7 +1532,7 @@ fn http1_responses_abandoned_midway_free_their_upstream_connections() {
     }
     no_trickle_left(&trickling, "clients gone midway");
     // No leftover of those responses is served as the answer to a later request.
-    let t = lab.ctr("client").run(|| requests(vip, 100));
+    let t = lab.ctr("client").run(|| requests(vip, 30));
     assert_eq!(t.failed, 0, "{t:?}");
     assert!(
         t.answers.keys().all(|k| k.starts_with("hello-")),

@@ -15,10 +15,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -117,7 +117,8 @@ pub fn serve_h2_counting(listener: TcpListener, name: &str, trickling: Arc<Atomi
 }
 
 /// [`serve_h2_counting`] over HTTP/1.1 (keep-alive; a trickle is chunked, and stops when
-/// the connection closes).
+/// the connection closes); a request to upgrade the connection (any protocol) switches it
+/// to a binary echo (see [`echo`]).
 pub fn serve_h1_counting(listener: TcpListener, name: &str, trickling: Arc<AtomicUsize>) {
     let app = App {
         name: name.into(),
@@ -125,7 +126,8 @@ pub fn serve_h1_counting(listener: TcpListener, name: &str, trickling: Arc<Atomi
     };
     accept_loop(listener, move |s| {
         let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(s), app.clone());
+            .serve_connection(TokioIo::new(s), app.clone())
+            .with_upgrades();
         async move { drop(conn.await) }
     });
 }
@@ -262,6 +264,21 @@ async fn answer(
 ) -> Result<Response<H2Body>, Infallible> {
     if req.uri().path() == DRIP_PATH {
         return Ok(Response::new(trickle(trickling).boxed_unsync()));
+    }
+    if let Some(protocol) = req.headers().get(UPGRADE).cloned() {
+        // Switch protocols, then serve the echo (with the last record) on the connection.
+        let on_upgrade = hyper::upgrade::on(req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                echo(TokioIo::new(upgraded), name).await;
+            }
+        });
+        let mut resp = Response::new(no_body());
+        *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        resp.headers_mut().insert(UPGRADE, protocol);
+        return Ok(resp);
     }
     let grpc = req
         .headers()
@@ -512,7 +529,7 @@ pub fn serve_tls(listener: TcpListener, name: &str, identity: &Identity) {
     });
 }
 
-async fn read_line(s: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<String> {
+async fn read_line(s: &mut (impl AsyncRead + Unpin)) -> std::io::Result<String> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     while line.len() < 4096 {
@@ -569,33 +586,64 @@ pub async fn tls_exchange(
 
 // ---- opaque TCP ------------------------------------------------------------------------
 
-/// Serves a binary echo on `listener`: every byte is sent back as it arrives; after the
-/// client's half-close, a last record `0xff <name> <byte count>` and the close.
+/// Serves a binary echo on `listener` (see [`echo`]).
 pub fn serve_echo(listener: TcpListener, name: &str) {
     let name: Arc<str> = name.into();
-    accept_loop(listener, move |mut s| {
-        let name = name.clone();
-        async move {
-            let mut buf = [0u8; 4096];
-            let mut total = 0usize;
-            loop {
-                match tokio::time::timeout(IO_TIMEOUT, s.read(&mut buf)).await {
-                    Ok(Ok(0)) => break,
-                    Ok(Ok(n)) => {
-                        total += n;
-                        if s.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                    _ => return,
+    accept_loop(listener, move |s| echo(s, name.clone()));
+}
+
+/// A binary echo on `io`: every byte is sent back as it arrives; after the client's
+/// half-close, a last record `0xff <name> <byte count>` and the close.
+async fn echo(mut io: impl AsyncRead + AsyncWrite + Unpin, name: Arc<str>) {
+    let mut buf = [0u8; 4096];
+    let mut total = 0usize;
+    loop {
+        match tokio::time::timeout(IO_TIMEOUT, io.read(&mut buf)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => {
+                total += n;
+                if io.write_all(&buf[..n]).await.is_err() {
+                    return;
                 }
             }
-            let mut tail = vec![0xff];
-            tail.extend_from_slice(format!("{name} {total}").as_bytes());
-            let _ = s.write_all(&tail).await;
-            let _ = s.shutdown().await;
+            _ => return,
         }
-    });
+    }
+    let mut tail = vec![0xff];
+    tail.extend_from_slice(format!("{name} {total}").as_bytes());
+    let _ = io.write_all(&tail).await;
+    let _ = io.shutdown().await;
+}
+
+/// The client side of an HTTP/1.1 upgrade to `protocol` on `stream` (request `Host: host`):
+/// the stream once the server switched protocols, its next bytes the new protocol's.
+pub async fn upgrade(
+    mut stream: TcpStream,
+    host: &str,
+    protocol: &str,
+) -> Result<TcpStream, Failed> {
+    let req = format!(
+        "GET /upgrade HTTP/1.1\r\nHost: {host}\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+    );
+    bounded("write the upgrade", stream.write_all(req.as_bytes())).await?;
+    // The response head, a byte at a time: what follows it is no longer HTTP.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+        let mut byte = [0u8; 1];
+        if bounded("read the upgrade's answer", stream.read(&mut byte)).await? == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let upgraded = head.starts_with("HTTP/1.1 101")
+        && head
+            .to_ascii_lowercase()
+            .contains(&format!("upgrade: {protocol}"));
+    if !upgraded {
+        return Err(format!("no switch to {protocol}: {head:?}"));
+    }
+    Ok(stream)
 }
 
 /// Over `stream`: `first` written and its echo read, then `second` written and the write
