@@ -1542,3 +1542,53 @@ fn http1_responses_abandoned_midway_free_their_upstream_connections() {
     before.assert_not_replaced(&lab);
     before.assert_back(&lab);
 }
+
+/// A server-first protocol on one of the ports the sidecar knows for it: opaque at once.
+const SQL: Svc = Svc::new("sql", 3306, Protocol::Tcp);
+/// A server-first protocol on a port the sidecar does not know: the client says nothing, so
+/// each sidecar's detection waits for its timeout, then passes the connection as opaque.
+const GREET: Svc = Svc::new("greet", 2525, Protocol::Tcp);
+
+#[test]
+fn server_first_tcp_and_a_server_half_close_pass_through() {
+    let lab = Lab::with(&[SQL, GREET]);
+    let got = apps::Received::default();
+    // The greeting arrives (the server spoke first, the client waited), the server's
+    // half-close reaches the client, and the client's bytes, sent after it, still reach the
+    // server whole, with the client's own half-close.
+    let exchange = |vip: SocketAddr| {
+        let payload = binary_bytes(64 * 1024, vip.port() as u8);
+        let s = lab.connect("client", vip)?;
+        let replica = lab.rt.block_on(apps::greeted(s, &payload))?;
+        let mut mine = None;
+        let arrived = wait_until(WAIT, || {
+            let mut got = got.lock().expect("received");
+            let found = got.iter().position(|(name, _)| name == &replica);
+            mine = found.map(|i| got.remove(i).1);
+            mine.is_some()
+        });
+        assert!(arrived, "{replica} got nothing from the client");
+        assert!(
+            mine.as_deref() == Some(&payload[..]),
+            "{replica} got {} bytes, not the {} sent",
+            mine.map_or(0, |m| m.len()),
+            payload.len()
+        );
+        Ok(replica)
+    };
+    for svc in [SQL, GREET] {
+        lab.serve_on_replicas(svc.port, |l, name| {
+            apps::serve_greeter(l, name, got.clone())
+        });
+    }
+    // Balanced per connection on the known port; one connection (two detection timeouts)
+    // on the other.
+    per_connection_until_both(&lab, SQL.name, |_| exchange(service_vip(&lab, SQL)));
+    let greet = service_vip(&lab, GREET);
+    let mut replica = Err(String::new());
+    let served = wait_until(WAIT, || {
+        replica = exchange(greet);
+        replica.is_ok()
+    });
+    assert!(served, "{}: {replica:?}", GREET.name);
+}
