@@ -1592,3 +1592,37 @@ fn server_first_tcp_and_a_server_half_close_pass_through() {
     });
     assert!(served, "{}: {replica:?}", GREET.name);
 }
+
+#[test]
+fn replicas_closing_keep_alive_connections_fail_no_request() {
+    let lab = Lab::with(&[H2C, WEB]);
+    // Every connection from a replica's inbound sidecar to its application is closed by the
+    // application, gracefully, after a few requests.
+    lab.serve_on_replicas(H2C.port, |l, name| {
+        apps::serve_closing_after(l, name, apps::Http::H2, 7)
+    });
+    lab.serve_on_replicas(WEB.port, |l, name| {
+        apps::serve_closing_after(l, name, apps::Http::H1, 3)
+    });
+
+    // HTTP/2: each GOAWAY lets the streams open finish; the next requests go over a new
+    // connection.
+    let h2 = service_vip(&lab, H2C);
+    let uri = format!("http://{}.netd.local:{}/", H2C.name, H2C.port);
+    let batch = |n| {
+        on_one_h2_connection(&lab, h2, n, |send, _| apps::h2_get(send, uri.clone()))
+            .map(|bodies| count(&bodies))
+    };
+    wait_for_both(&lab, "h2c", || batch(20));
+    let served = batch(H2_BATCH * 3).unwrap_or_else(|e| panic!("h2c: {e}\n{}", lab.log()));
+    assert_shared(&served, H2_BATCH * 3, "h2c to replicas closing connections");
+
+    // HTTP/1.1: each last response says `connection: close`; the connection is not reused.
+    let web = service_vip(&lab, WEB);
+    assert!(
+        lab.answered_by(web, &["hello-1", "hello-2"]),
+        "both replicas never answered"
+    );
+    let t = lab.ctr("client").run(|| requests(web, 60));
+    assert_eq!((t.ok(), t.failed), (60, 0), "{t:?}");
+}

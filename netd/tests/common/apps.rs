@@ -105,38 +105,102 @@ pub fn serve_h2(listener: TcpListener, name: &str) {
 /// [`serve_h2`], with `trickling` counting the [`DRIP_PATH`] responses still being sent: one
 /// stops when the client's stream is reset or its connection closed.
 pub fn serve_h2_counting(listener: TcpListener, name: &str, trickling: Arc<AtomicUsize>) {
-    let app = App {
-        name: name.into(),
-        trickling,
-    };
-    accept_loop(listener, move |s| {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(s), app.clone());
-        async move { drop(conn.await) }
-    });
+    serve(listener, App::new(name, Http::H2, trickling, None));
 }
 
 /// [`serve_h2_counting`] over HTTP/1.1 (keep-alive; a trickle is chunked, and stops when
 /// the connection closes); a request to upgrade the connection (any protocol) switches it
 /// to a binary echo (see [`echo`]).
 pub fn serve_h1_counting(listener: TcpListener, name: &str, trickling: Arc<AtomicUsize>) {
-    let app = App {
-        name: name.into(),
-        trickling,
-    };
+    serve(listener, App::new(name, Http::H1, trickling, None));
+}
+
+/// [`serve_h2`] or its HTTP/1.1 twin, closing every connection gracefully once it has
+/// taken `requests` requests, as servers limiting their keep-alive requests do: over
+/// HTTP/1.1 the last response says `connection: close`, over HTTP/2 a GOAWAY lets the
+/// streams already open finish.
+pub fn serve_closing_after(listener: TcpListener, name: &str, http: Http, requests: usize) {
+    serve(
+        listener,
+        App::new(name, http, Arc::default(), Some(requests)),
+    );
+}
+
+/// The HTTP version a server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http {
+    /// HTTP/1.1, keep-alive, upgrades.
+    H1,
+    /// HTTP/2 prior knowledge.
+    H2,
+}
+
+fn serve(listener: TcpListener, app: App) {
     accept_loop(listener, move |s| {
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(s), app.clone())
-            .with_upgrades();
-        async move { drop(conn.await) }
+        let app = app.for_connection();
+        async move {
+            let io = TokioIo::new(s);
+            match app.http {
+                Http::H1 => {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, app.clone())
+                        .with_upgrades();
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = app.closing.notified() => conn.as_mut().graceful_shutdown(),
+                    }
+                    let _ = conn.await;
+                }
+                Http::H2 => {
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, app.clone());
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = app.closing.notified() => conn.as_mut().graceful_shutdown(),
+                    }
+                    let _ = conn.await;
+                }
+            }
+        }
     });
 }
 
-/// What the servers answer (see [`serve_h2`]), as hyper's service.
+/// What the servers answer (see [`serve_h2`]), as hyper's service; one per connection.
 #[derive(Clone)]
 struct App {
     name: Arc<str>,
+    http: Http,
     trickling: Arc<AtomicUsize>,
+    /// Requests a connection takes before it closes, if it ever does.
+    limit: Option<usize>,
+    /// Requests this connection took.
+    taken: Arc<AtomicUsize>,
+    /// Told when the connection is to close.
+    closing: Arc<tokio::sync::Notify>,
+}
+
+impl App {
+    fn new(name: &str, http: Http, trickling: Arc<AtomicUsize>, limit: Option<usize>) -> App {
+        App {
+            name: name.into(),
+            http,
+            trickling,
+            limit,
+            taken: Arc::default(),
+            closing: Arc::default(),
+        }
+    }
+
+    /// A copy for a new connection: its own count and signal.
+    fn for_connection(&self) -> App {
+        App {
+            taken: Arc::default(),
+            closing: Arc::default(),
+            ..self.clone()
+        }
+    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for App {
@@ -147,6 +211,11 @@ impl hyper::service::Service<Request<Incoming>> for App {
     >;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let taken = self.taken.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.limit == Some(taken) {
+            // Stored if the connection is not waiting yet: it closes as soon as it looks.
+            self.closing.notify_one();
+        }
         Box::pin(answer(req, self.name.clone(), self.trickling.clone()))
     }
 }
