@@ -1626,3 +1626,39 @@ fn replicas_closing_keep_alive_connections_fail_no_request() {
     let t = lab.ctr("client").run(|| requests(web, 60));
     assert_eq!((t.ok(), t.failed), (60, 0), "{t:?}");
 }
+
+/// Longest wait for the sidecar to give up on a stalled client on its own: its detection
+/// and request-head timeouts (10 s each by default) back to back, with room to spare.
+const STALLED_WAIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn stalled_clients_are_closed_by_the_sidecar_itself() {
+    let (lab, vip) = hello_answering();
+    let before = Baseline::take(&lab);
+    // Clients that keep their connections open: half a request head, or nothing at all.
+    let stalled: Vec<TcpStream> = (0..20)
+        .map(|i| {
+            lab.ctr("client").run(|| {
+                let mut s = TcpStream::connect_timeout(&vip, apps::IO_TIMEOUT).expect("connect");
+                if i % 2 == 0 {
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: hel").expect("write");
+                }
+                s
+            })
+        })
+        .collect();
+    // The client's sidecar closes each of them (its timeouts), while the clients still hold
+    // theirs: a stalled client pins nothing for long.
+    for (i, mut s) in stalled.into_iter().enumerate() {
+        s.set_read_timeout(Some(STALLED_WAIT)).expect("timeout");
+        let mut rest = Vec::new();
+        let closed = s.read_to_end(&mut rest);
+        assert!(
+            closed.is_ok() && !rest.starts_with(b"HTTP/1.1 200"),
+            "stalled client {i}: {closed:?} {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+    before.assert_not_replaced(&lab);
+    before.assert_back(&lab);
+}
