@@ -11,6 +11,16 @@
 //! forwards the others to netd's DNS on the gateway, whose upstream is a stand-in on the
 //! host namespace's loopback).
 //!
+//! A lab can also give the replicas more services (`Lab::with`), served by the applications
+//! of `common/apps.rs` on the lab's runtime, so every protocol the sidecars tell apart is
+//! driven through the real interception on both sides: h2c balanced per request over one
+//! connection, gRPC (trailers, bidirectional streams, large messages), TLS passed through
+//! (the client verifies the replica's own certificate), opaque and server-first TCP with
+//! half-closes, HTTP/1.1 upgrades; and abuse: garbage, oversized heads, half-closed and
+//! stalled clients, streams reset or abandoned midway, applications closing their
+//! keep-alive connections. After abuse, the sidecars must be the same processes, serving,
+//! and hold no more file descriptors (and no more open opaque connections) than before.
+//!
 //! Every namespace is deleted and every process in it killed (by pid) when the lab drops,
 //! also on failure; names carry the test process id and a counter, so tests run in parallel.
 //! Needs the binaries: `cargo build -p netd-cni -p netd-sidecar` (next to the `netd` binary
