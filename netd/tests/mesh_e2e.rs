@@ -1504,13 +1504,20 @@ fn h2_streams_reset_or_abandoned_midway_are_released_end_to_end() {
 /// HTTP/1.1 served by hyper, with the `http` hint.
 const WEB: Svc = Svc::new("web", 8081, Protocol::Http);
 
-#[test]
-fn http1_responses_abandoned_midway_free_their_upstream_connections() {
+/// A lab whose replicas serve [`WEB`] with hyper's HTTP/1.1 (see [`trickling_lab`]), once
+/// both answer the client.
+fn web_answering() -> (Lab, Arc<AtomicUsize>, SocketAddr) {
     let (lab, trickling, vip) = trickling_lab(WEB, apps::serve_h1_counting);
     assert!(
         lab.answered_by(vip, &["hello-1", "hello-2"]),
         "both replicas never answered"
     );
+    (lab, trickling, vip)
+}
+
+#[test]
+fn http1_responses_abandoned_midway_free_their_upstream_connections() {
+    let (lab, trickling, vip) = web_answering();
     let before = Baseline::take(&lab);
 
     // Keep-alive connections that read the start of an endless response, then close: each
@@ -1671,4 +1678,46 @@ fn stalled_clients_are_closed_by_the_sidecar_itself() {
     }
     before.assert_not_replaced(&lab);
     before.assert_back(&lab);
+}
+
+#[test]
+fn http1_request_bodies_cross_both_sidecars_on_a_keep_alive_connection() {
+    let (lab, _, vip) = web_answering();
+    let body = binary_bytes(1 << 20, 9);
+    let expected = apps::digest(&body);
+    // POSTs on one keep-alive connection, alternating a length-framed body sent after the
+    // `100 Continue` and a chunked one: each arrives whole. Balanced per request: until
+    // both replicas have answered (at most 200 requests, and WAIT).
+    let deadline = std::time::Instant::now() + WAIT;
+    let served = lab
+        .connect("client", vip)
+        .and_then(|s| {
+            lab.rt.block_on(async {
+                let mut conn = tokio::io::BufStream::new(s);
+                let mut served = BTreeMap::new();
+                for i in 0..200 {
+                    let framing = if i % 2 == 0 {
+                        apps::Framing::LengthAfterContinue
+                    } else {
+                        apps::Framing::Chunked
+                    };
+                    let answer = apps::h1_post(&mut conn, WEB.name, &body, framing)
+                        .await
+                        .map_err(|e| format!("POST {i} ({framing:?}): {e}"))?;
+                    let (replica, digest) = answer.split_once(' ').unwrap_or_default();
+                    assert_eq!(digest, expected, "the body {replica} got ({framing:?})");
+                    *served.entry(replica.to_string()).or_insert(0) += 1;
+                    if (i >= 3 && served.len() == 2) || std::time::Instant::now() > deadline {
+                        break;
+                    }
+                }
+                Ok::<_, String>(served)
+            })
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.log()));
+    assert_eq!(
+        served.len(),
+        2,
+        "one connection, per-request balancing: {served:?}"
+    );
 }

@@ -18,7 +18,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -353,6 +353,14 @@ async fn answer(
         .headers()
         .get(CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !grpc && req.method() == hyper::Method::POST {
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        let summary = format!("{name} {}", digest(&body));
+        return Ok(Response::new(Full::from(summary).boxed_unsync()));
+    }
     if !grpc {
         return Ok(Response::new(Full::from(name.to_string()).boxed_unsync()));
     }
@@ -376,6 +384,110 @@ async fn answer(
         .with_trailers(async move { Some(Ok(trailers)) })
         .boxed_unsync();
     Ok(grpc_response(body))
+}
+
+/// What [`serve_h2`] answers a POST with, after the replica's name: the body's length and
+/// a checksum of its bytes.
+pub fn digest(body: &[u8]) -> String {
+    let sum = body.iter().enumerate().fold(0u64, |acc, (i, b)| {
+        acc.wrapping_mul(31).wrapping_add(u64::from(*b) ^ i as u64)
+    });
+    format!("{} {sum:016x}", body.len())
+}
+
+/// How an HTTP/1.1 request body is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length`, after the server's `100 Continue` (the client sends
+    /// `Expect: 100-continue` and waits for it).
+    LengthAfterContinue,
+    /// `Transfer-Encoding: chunked`, in chunks of 16 KiB.
+    Chunked,
+}
+
+/// `POST /` with `body` on the HTTP/1.1 keep-alive connection `conn` (`Host: host`): the
+/// answer of a 200 (a `Content-Length` body).
+pub async fn h1_post(
+    conn: &mut tokio::io::BufStream<TcpStream>,
+    host: &str,
+    body: &[u8],
+    framing: Framing,
+) -> Result<String, Failed> {
+    let head = match framing {
+        Framing::LengthAfterContinue => format!(
+            "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        ),
+        Framing::Chunked => {
+            format!("POST / HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n")
+        }
+    };
+    conn.write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    bounded("send the head", conn.flush()).await?;
+    match framing {
+        Framing::LengthAfterContinue => {
+            let (status, _) = read_head(conn).await?;
+            if status != 100 {
+                return Err(format!("status {status} instead of 100 Continue"));
+            }
+            conn.write_all(body).await.map_err(|e| e.to_string())?;
+        }
+        Framing::Chunked => {
+            for chunk in body.chunks(16 * 1024) {
+                let size = format!("{:x}\r\n", chunk.len());
+                conn.write_all(size.as_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                conn.write_all(chunk).await.map_err(|e| e.to_string())?;
+                conn.write_all(b"\r\n").await.map_err(|e| e.to_string())?;
+            }
+            conn.write_all(b"0\r\n\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    bounded("send the body", conn.flush()).await?;
+    let (status, length) = read_head(conn).await?;
+    let mut answer = vec![0u8; length.ok_or("no content-length")?];
+    bounded("read the answer", conn.read_exact(&mut answer)).await?;
+    if status != 200 {
+        return Err(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(&answer)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// An HTTP/1.1 response head from `conn`: the status and the `Content-Length`, if any.
+async fn read_head(
+    conn: &mut tokio::io::BufStream<TcpStream>,
+) -> Result<(u16, Option<usize>), Failed> {
+    let mut status = None;
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        if bounded("read a response head", conn.read_line(&mut line)).await? == 0 {
+            return Err("closed in a response head".into());
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        match status {
+            None => status = line.split(' ').nth(1).and_then(|s| s.parse().ok()),
+            Some(_) => {
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().ok();
+                    }
+                }
+            }
+        }
+    }
+    Ok((status.ok_or("no status line")?, length))
 }
 
 /// One gRPC message on the wire: not compressed, 4-byte big-endian length, the bytes.
