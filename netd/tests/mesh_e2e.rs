@@ -26,7 +26,7 @@
 //! Needs the binaries: `cargo build -p netd-cni -p netd-sidecar` (next to the `netd` binary
 //! under test, or `NETD_CNI_BIN` / `NETD_SIDECAR_BIN`). No timings are asserted.
 
-#[path = "common/apps.rs"]
+#[path = "common/apps/mod.rs"]
 mod apps;
 mod common;
 
@@ -831,12 +831,12 @@ fn on_one_h2_connection<T, F, Fut>(
 ) -> Result<Vec<T>, String>
 where
     T: Send + 'static,
-    F: Fn(apps::H2Send, usize) -> Fut,
+    F: Fn(apps::http::H2Send, usize) -> Fut,
     Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
 {
     let stream = lab.connect("client", addr)?;
     lab.rt.block_on(async {
-        let send = apps::h2_handshake(stream).await?;
+        let send = apps::http::h2_handshake(stream).await?;
         let mut out = Vec::with_capacity(n);
         for start in (0..n).step_by(H2_IN_FLIGHT) {
             let calls: Vec<_> = (start..n.min(start + H2_IN_FLIGHT))
@@ -924,12 +924,14 @@ fn per_connection_until_both(
 #[test]
 fn h2c_on_one_connection_is_balanced_per_request() {
     let lab = Lab::with(&[H2C]);
-    lab.serve_on_replicas(H2C.port, apps::serve_h2);
+    lab.serve_on_replicas(H2C.port, apps::http::serve_h2);
     let vip = service_vip(&lab, H2C);
     let uri = format!("http://{}.netd.local:{}/", H2C.name, H2C.port);
     let batch = |addr, n| {
-        on_one_h2_connection(&lab, addr, n, |send, _| apps::h2_get(send, uri.clone()))
-            .map(|bodies| count(&bodies))
+        on_one_h2_connection(&lab, addr, n, |send, _| {
+            apps::http::h2_get(send, uri.clone())
+        })
+        .map(|bodies| count(&bodies))
     };
     // Endpoints reach the client's sidecar through netd's watch.
     wait_for_both(&lab, "h2c", || batch(vip, 20));
@@ -974,7 +976,7 @@ const CHAT: [&str; 5] = ["one", "two", "three", "four", "five"];
 #[test]
 fn grpc_trailers_cross_both_sidecars_and_calls_are_balanced() {
     let lab = Lab::with(&[GRPC]);
-    lab.serve_on_replicas(GRPC.port, apps::serve_h2);
+    lab.serve_on_replicas(GRPC.port, apps::http::serve_h2);
     let vip = service_vip(&lab, GRPC);
     let uri = format!(
         "http://{}.netd.local:{}/helloworld.Greeter/SayHello",
@@ -985,7 +987,7 @@ fn grpc_trailers_cross_both_sidecars_and_calls_are_balanced() {
             let uri = uri.clone();
             async move {
                 let msg = format!("hello {i}");
-                let r = apps::grpc_call(send, uri, msg.clone().into_bytes()).await?;
+                let r = apps::grpc::grpc_call(send, uri, msg.clone().into_bytes()).await?;
                 // The message is framed intact and the trailers arrive, all of them, from the
                 // replica that answered.
                 let text = String::from_utf8_lossy(&r.message).into_owned();
@@ -1012,7 +1014,7 @@ fn grpc_trailers_cross_both_sidecars_and_calls_are_balanced() {
 
     // A failed call: its status travels in the trailers too.
     let failed = on_one_h2_connection(&lab, vip, 1, |send, _| {
-        apps::grpc_call(send, uri.clone(), apps::GRPC_FAIL.to_vec())
+        apps::grpc::grpc_call(send, uri.clone(), apps::grpc::GRPC_FAIL.to_vec())
     })
     .unwrap_or_else(|e| panic!("failing gRPC call: {e}"));
     assert_eq!(failed[0].trailer("grpc-status"), Some("5"), "{failed:?}");
@@ -1025,7 +1027,7 @@ fn grpc_trailers_cross_both_sidecars_and_calls_are_balanced() {
     // A large message each way: flow control on every hop.
     let big = binary_bytes(4 << 20, 3);
     let reply = on_one_h2_connection(&lab, vip, 1, |send, _| {
-        apps::grpc_call(send, uri.clone(), big.clone())
+        apps::grpc::grpc_call(send, uri.clone(), big.clone())
     })
     .unwrap_or_else(|e| panic!("a 4 MiB gRPC message: {e}"));
     let (answer, trailers) = (&reply[0].message, reply[0].trailer("grpc-status"));
@@ -1041,10 +1043,10 @@ fn grpc_trailers_cross_both_sidecars_and_calls_are_balanced() {
         "http://{}.netd.local:{}{}",
         GRPC.name,
         GRPC.port,
-        apps::CHAT_PATH
+        apps::grpc::CHAT_PATH
     );
     let chats = on_one_h2_connection(&lab, vip, 4, |send, _| {
-        apps::grpc_chat(send, chat_uri.clone(), &CHAT)
+        apps::grpc::grpc_chat(send, chat_uri.clone(), &CHAT)
     })
     .unwrap_or_else(|e| panic!("bidirectional gRPC: {e}\n{}", lab.log()));
     for (answers, trailers) in &chats {
@@ -1075,11 +1077,13 @@ fn tls_is_passed_through_to_the_replica_that_holds_the_key() {
     let lab = Lab::with(&[SECURE]);
     let sni = format!("{}.netd.local", SECURE.name);
     // Each replica has its own key and certificate for the same name; the client trusts both.
-    let ids: BTreeMap<&str, apps::Identity> = ["hello-1", "hello-2"]
+    let ids: BTreeMap<&str, apps::tls::Identity> = ["hello-1", "hello-2"]
         .into_iter()
-        .map(|r| (r, apps::Identity::new(&[&sni])))
+        .map(|r| (r, apps::tls::Identity::new(&[&sni])))
         .collect();
-    lab.serve_on_replicas(SECURE.port, |l, name| apps::serve_tls(l, name, &ids[name]));
+    lab.serve_on_replicas(SECURE.port, |l, name| {
+        apps::tls::serve_tls(l, name, &ids[name])
+    });
     let trusted: Vec<_> = ids.values().map(|i| i.cert.clone()).collect();
     let vip = service_vip(&lab, SECURE);
 
@@ -1090,7 +1094,7 @@ fn tls_is_passed_through_to_the_replica_that_holds_the_key() {
         let s = lab.connect("client", addr)?;
         let x = lab
             .rt
-            .block_on(apps::tls_exchange(s, &sni, &trusted, &line))?;
+            .block_on(apps::tls::tls_exchange(s, &sni, &trusted, &line))?;
         let mut words = x.reply.splitn(3, ' ');
         let (replica, seen_sni, echoed) = (words.next(), words.next(), words.next());
         // The certificate the client verified is the one of the replica that answered: the
@@ -1131,7 +1135,7 @@ fn tls_is_passed_through_to_the_replica_that_holds_the_key() {
     }
 }
 
-/// A binary exchange with [`apps::serve_echo`]'s echo: a first part and its echo, then a
+/// A binary exchange with [`apps::tcp::serve_echo`]'s echo: a first part and its echo, then a
 /// second part and the write side shut down.
 struct Echo {
     first: Vec<u8>,
@@ -1154,7 +1158,7 @@ impl Echo {
 
     /// The exchange over `s`, bytes checked both ways: the replica that answered.
     async fn exchange(&self, s: tokio::net::TcpStream) -> Result<String, String> {
-        let rest = apps::echo_with_half_close(s, &self.first, &self.second).await?;
+        let rest = apps::tcp::echo_with_half_close(s, &self.first, &self.second).await?;
         // The echo of the second part, then, after the server saw our half-close, its last
         // record: who served and how many bytes it got.
         let n = self.second.len();
@@ -1183,7 +1187,7 @@ fn binary_bytes(len: usize, seed: u8) -> Vec<u8> {
 #[test]
 fn raw_tcp_is_balanced_per_connection_with_half_close() {
     let lab = Lab::with(&[BLOB]);
-    lab.serve_on_replicas(BLOB.port, apps::serve_echo);
+    lab.serve_on_replicas(BLOB.port, apps::tcp::serve_echo);
     let vip = service_vip(&lab, BLOB);
     let echo = Echo::new();
     let served = per_connection_until_both(&lab, "TCP", |_| {
@@ -1218,14 +1222,14 @@ fn raw_tcp_is_balanced_per_connection_with_half_close() {
 
 #[test]
 fn http1_upgrade_switches_to_a_binary_stream_through_both_sidecars() {
-    let (lab, _, vip) = trickling_lab(WEB, apps::serve_h1_counting);
+    let (lab, _, vip) = trickling_lab(WEB, apps::http::serve_h1_counting);
     let echo = Echo::new();
     // Balanced per request: the upgrade request picks the replica, which then has the
     // connection to itself.
     per_connection_until_both(&lab, "upgrade", |_| {
         let s = lab.connect("client", vip)?;
         lab.rt.block_on(async {
-            let s = apps::upgrade(s, WEB.name, "netd-echo").await?;
+            let s = apps::http::upgrade(s, WEB.name, "netd-echo").await?;
             echo.exchange(s).await
         })
     });
@@ -1415,20 +1419,20 @@ const TRICKLES: usize = 10;
 
 #[test]
 fn h2_streams_reset_or_abandoned_midway_are_released_end_to_end() {
-    let (lab, trickling, vip) = trickling_lab(H2C, apps::serve_h2_counting);
+    let (lab, trickling, vip) = trickling_lab(H2C, apps::http::serve_h2_counting);
     let base = format!("http://{}.netd.local:{}", H2C.name, H2C.port);
-    let get = |send| apps::h2_get(send, format!("{base}/"));
+    let get = |send| apps::http::h2_get(send, format!("{base}/"));
     wait_for_both(&lab, "h2c", || {
         on_one_h2_connection(&lab, vip, 20, |send, _| get(send)).map(|b| count(&b))
     });
     let before = Baseline::take(&lab);
     // Streams whose every hop has started its response, on one connection.
-    let open_trickles = |send: &apps::H2Send| {
+    let open_trickles = |send: &apps::http::H2Send| {
         lab.rt.block_on(async {
             let calls: Vec<_> = (0..TRICKLES)
                 .map(|_| {
-                    let uri = format!("{base}{}", apps::DRIP_PATH);
-                    tokio::spawn(apps::h2_first_chunk(send.clone(), uri))
+                    let uri = format!("{base}{}", apps::http::DRIP_PATH);
+                    tokio::spawn(apps::http::h2_first_chunk(send.clone(), uri))
                 })
                 .collect();
             let mut bodies = Vec::new();
@@ -1451,7 +1455,7 @@ fn h2_streams_reset_or_abandoned_midway_are_released_end_to_end() {
         let cut = s.try_clone().expect("a second handle");
         let send = lab
             .rt
-            .block_on(apps::h2_handshake(lab.for_runtime(s)))
+            .block_on(apps::http::h2_handshake(lab.for_runtime(s)))
             .unwrap_or_else(|e| panic!("{e}"));
         (send, cut)
     };
@@ -1507,7 +1511,7 @@ const WEB: Svc = Svc::new("web", 8081, Protocol::Http);
 /// A lab whose replicas serve [`WEB`] with hyper's HTTP/1.1 (see [`trickling_lab`]), once
 /// both answer the client.
 fn web_answering() -> (Lab, Arc<AtomicUsize>, SocketAddr) {
-    let (lab, trickling, vip) = trickling_lab(WEB, apps::serve_h1_counting);
+    let (lab, trickling, vip) = trickling_lab(WEB, apps::http::serve_h1_counting);
     assert!(
         lab.answered_by(vip, &["hello-1", "hello-2"]),
         "both replicas never answered"
@@ -1527,7 +1531,11 @@ fn http1_responses_abandoned_midway_free_their_upstream_connections() {
         let started = lab.ctr("client").run(|| -> std::io::Result<bool> {
             let mut s = TcpStream::connect_timeout(&vip, apps::IO_TIMEOUT)?;
             s.set_read_timeout(Some(apps::IO_TIMEOUT))?;
-            write!(s, "GET {} HTTP/1.1\r\nHost: web\r\n\r\n", apps::DRIP_PATH)?;
+            write!(
+                s,
+                "GET {} HTTP/1.1\r\nHost: web\r\n\r\n",
+                apps::http::DRIP_PATH
+            )?;
             let mut seen = Vec::new();
             let mut buf = [0u8; 1024];
             while seen.len() < 64 * 1024 {
@@ -1536,7 +1544,10 @@ fn http1_responses_abandoned_midway_free_their_upstream_connections() {
                     break;
                 }
                 seen.extend_from_slice(&buf[..n]);
-                if seen.windows(apps::DRIP.len()).any(|w| w == apps::DRIP) {
+                if seen
+                    .windows(apps::http::DRIP.len())
+                    .any(|w| w == apps::http::DRIP)
+                {
                     return Ok(seen.starts_with(b"HTTP/1.1 200"));
                 }
             }
@@ -1569,14 +1580,14 @@ const GREET: Svc = Svc::new("greet", 2525, Protocol::Tcp);
 #[test]
 fn server_first_tcp_and_a_server_half_close_pass_through() {
     let lab = Lab::with(&[SQL, GREET]);
-    let got = apps::Received::default();
+    let got = apps::tcp::Received::default();
     // The greeting arrives (the server spoke first, the client waited), the server's
     // half-close reaches the client, and the client's bytes, sent after it, still reach the
     // server whole, with the client's own half-close.
     let exchange = |vip: SocketAddr| {
         let payload = binary_bytes(64 * 1024, vip.port() as u8);
         let s = lab.connect("client", vip)?;
-        let replica = lab.rt.block_on(apps::greeted(s, &payload))?;
+        let replica = lab.rt.block_on(apps::tcp::greeted(s, &payload))?;
         let mut mine = None;
         let arrived = wait_until(WAIT, || {
             let mut got = got.lock().expect("received");
@@ -1595,7 +1606,7 @@ fn server_first_tcp_and_a_server_half_close_pass_through() {
     };
     for svc in [SQL, GREET] {
         lab.serve_on_replicas(svc.port, |l, name| {
-            apps::serve_greeter(l, name, got.clone())
+            apps::tcp::serve_greeter(l, name, got.clone())
         });
     }
     // Balanced per connection on the known port; one connection (two detection timeouts)
@@ -1616,10 +1627,10 @@ fn replicas_closing_keep_alive_connections_fail_no_request() {
     // Every connection from a replica's inbound sidecar to its application is closed by the
     // application, gracefully, after a few requests.
     lab.serve_on_replicas(H2C.port, |l, name| {
-        apps::serve_closing_after(l, name, apps::Http::H2, 7)
+        apps::http::serve_closing_after(l, name, apps::http::Http::H2, 7)
     });
     lab.serve_on_replicas(WEB.port, |l, name| {
-        apps::serve_closing_after(l, name, apps::Http::H1, 3)
+        apps::http::serve_closing_after(l, name, apps::http::Http::H1, 3)
     });
 
     // HTTP/2: each GOAWAY lets the streams open finish; the next requests go over a new
@@ -1627,7 +1638,7 @@ fn replicas_closing_keep_alive_connections_fail_no_request() {
     let h2 = service_vip(&lab, H2C);
     let uri = format!("http://{}.netd.local:{}/", H2C.name, H2C.port);
     let batch = |n| {
-        on_one_h2_connection(&lab, h2, n, |send, _| apps::h2_get(send, uri.clone()))
+        on_one_h2_connection(&lab, h2, n, |send, _| apps::http::h2_get(send, uri.clone()))
             .map(|bodies| count(&bodies))
     };
     wait_for_both(&lab, "h2c", || batch(20));
@@ -1684,7 +1695,7 @@ fn stalled_clients_are_closed_by_the_sidecar_itself() {
 fn http1_request_bodies_cross_both_sidecars_on_a_keep_alive_connection() {
     let (lab, _, vip) = web_answering();
     let body = binary_bytes(1 << 20, 9);
-    let expected = apps::digest(&body);
+    let expected = apps::http::digest(&body);
     // POSTs on one keep-alive connection, alternating a length-framed body sent after the
     // `100 Continue` and a chunked one: each arrives whole. Balanced per request: until
     // both replicas have answered (at most 200 requests, and WAIT).
@@ -1697,11 +1708,11 @@ fn http1_request_bodies_cross_both_sidecars_on_a_keep_alive_connection() {
                 let mut served = BTreeMap::new();
                 for i in 0..200 {
                     let framing = if i % 2 == 0 {
-                        apps::Framing::LengthAfterContinue
+                        apps::http::Framing::LengthAfterContinue
                     } else {
-                        apps::Framing::Chunked
+                        apps::http::Framing::Chunked
                     };
-                    let answer = apps::h1_post(&mut conn, WEB.name, &body, framing)
+                    let answer = apps::http::h1_post(&mut conn, WEB.name, &body, framing)
                         .await
                         .map_err(|e| format!("POST {i} ({framing:?}): {e}"))?;
                     let (replica, digest) = answer.split_once(' ').unwrap_or_default();
