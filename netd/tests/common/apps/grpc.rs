@@ -12,7 +12,8 @@ use hyper::{Request, Response};
 use super::http::H2Send;
 use super::{body_bytes, bounded, AppBody, Failed, Piped, IO_TIMEOUT};
 
-/// The gRPC message that makes [`super::http::serve_h2`] fail the call with `NOT_FOUND` in its trailers.
+/// The gRPC message that makes [`super::http::serve_h2`] fail the call with `NOT_FOUND` in
+/// its trailers.
 pub const GRPC_FAIL: &[u8] = b"please fail";
 /// The path of [`super::http::serve_h2`]'s bidirectional gRPC method.
 pub const CHAT_PATH: &str = "/netd.test.Echo/Chat";

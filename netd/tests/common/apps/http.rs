@@ -372,7 +372,8 @@ pub async fn upgrade(
     protocol: &str,
 ) -> Result<TcpStream, Failed> {
     let req = format!(
-        "GET /upgrade HTTP/1.1\r\nHost: {host}\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+        "GET /upgrade HTTP/1.1\r\nHost: {host}\r\n\
+         Connection: upgrade\r\nUpgrade: {protocol}\r\n\r\n"
     );
     bounded("write the upgrade", stream.write_all(req.as_bytes())).await?;
     // The response head, a byte at a time: what follows it is no longer HTTP.
