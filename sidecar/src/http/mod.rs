@@ -42,6 +42,7 @@ use crate::snapshot::SnapshotStore;
 
 pub mod balance;
 pub mod body;
+pub mod io;
 pub mod observe;
 pub mod route;
 pub mod timer;
