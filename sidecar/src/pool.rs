@@ -1,11 +1,15 @@
 //! Upstream HTTP connections of one endpoint: idle HTTP/1.1 connections reused across
 //! requests, and one shared HTTP/2 connection multiplexing every request.
 //!
-//! An HTTP/1.1 connection goes back to the idle list when its response body has been read to
-//! the end (see [`PoolReturn`]); one whose response was dropped early or was an upgrade is
-//! closed. A request that could not even be written on a reused connection (the server
-//! closed it while idle) is retried on another one, so an endpoint that shuts down
-//! gracefully costs no failed request.
+//! An HTTP/1.1 connection ([`h1::Conn`]) is taken off the idle list by one request, whose own
+//! task drives the exchange on it (see [`crate::http::h1`]), and goes back when the response
+//! body has been read to the end and the upstream keeps it open (see [`PoolReturn`]); one
+//! whose response was dropped early is closed. Upgrades get a hyper connection of their own,
+//! never pooled. A connection taken from the idle list that the upstream closed meanwhile is
+//! dropped for the next one; a request that got no answer at all on a reused connection is
+//! sent again on another when that is safe (nothing of it reached the upstream, or it is
+//! idempotent and bodiless as far as it went), so an endpoint that closes idle connections
+//! or shuts down gracefully costs no failed request.
 //!
 //! This module knows nothing of balancing or metrics.
 
@@ -17,6 +21,7 @@ use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use crate::http::h1;
 use crate::sockopt::{self, ConnectError, ConnectOptions};
 
 /// Idle HTTP/1.1 connections kept per endpoint.
@@ -39,13 +44,21 @@ pub enum UpstreamError {
     /// No connection could be opened.
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// The HTTP exchange failed.
+    /// The HTTP exchange failed (hyper's client: HTTP/2, upgrades).
     #[error("upstream {addr}: {source}")]
     Http {
         /// Endpoint.
         addr: SocketAddr,
         /// Cause.
         source: hyper::Error,
+    },
+    /// The HTTP/1.1 exchange failed.
+    #[error("upstream {addr}: {source}")]
+    H1 {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        source: h1::Error,
     },
 }
 
@@ -68,7 +81,7 @@ impl From<UpstreamError> for SendError {
     }
 }
 
-type Idle = Arc<Mutex<Vec<http1::SendRequest<Incoming>>>>;
+type Idle = Arc<Mutex<Vec<h1::Conn>>>;
 
 /// Connections of one endpoint.
 #[derive(Debug)]
@@ -80,34 +93,21 @@ pub struct Pool {
     h2_connecting: tokio::sync::Mutex<()>,
 }
 
-/// An HTTP/1.1 connection to give back once its response body is done.
+/// Where an HTTP/1.1 connection goes back once its response body is done.
 #[derive(Debug)]
 pub struct PoolReturn {
     idle: Idle,
-    sender: http1::SendRequest<Incoming>,
 }
 
 impl PoolReturn {
-    /// Puts the connection back on the idle list (unless it closed or the list is full).
-    pub fn give_back(self) {
-        if self.sender.is_closed() {
-            return;
-        }
+    /// Puts `conn` back on the idle list (unless the list is full).
+    pub fn give_back(self, conn: h1::Conn) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < MAX_IDLE {
-                idle.push(self.sender);
+                idle.push(conn);
             }
         }
     }
-}
-
-/// A response, and the connection to give back when its body ends.
-#[derive(Debug)]
-pub struct Sent {
-    /// The upstream response.
-    pub response: Response<Incoming>,
-    /// Set for pooled HTTP/1.1 connections.
-    pub give_back: Option<PoolReturn>,
 }
 
 impl Pool {
@@ -127,20 +127,13 @@ impl Pool {
         self.idle.lock().map(|i| i.len()).unwrap_or(0)
     }
 
-    /// Sends `req` over a pooled (or new) connection.
-    pub async fn send(&self, req: Request<Incoming>, version: Version) -> Result<Sent, SendError> {
-        match version {
-            Version::Http1 => self.send_h1(req).await,
-            Version::Http2 => self.send_h2(req).await,
-        }
-    }
-
-    /// Sends `req` over a new HTTP/1.1 connection that is never pooled (upgrades).
+    /// Sends `req` over a new HTTP/1.1 connection that is never pooled (upgrades), with
+    /// hyper's client.
     pub async fn send_unpooled(
         &self,
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = self.connect_h1().await?;
+        let mut sender = self.connect_upgradable().await?;
         sender
             .send_request(req)
             .await
@@ -150,17 +143,22 @@ impl Pool {
             })
     }
 
-    fn checkout(&self) -> Option<http1::SendRequest<Incoming>> {
+    /// The most recently used idle connection that is still open. The least recently used
+    /// one is checked too, so connections the upstream closed while idle do not linger.
+    fn checkout(&self) -> Option<h1::Conn> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
+        if idle.len() > 1 && !idle[0].is_reusable() {
+            idle.swap_remove(0);
+        }
+        while let Some(mut c) = idle.pop() {
+            if c.is_reusable() {
+                return Some(c);
             }
         }
         None
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+    async fn connect_upgradable(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
         let stream = sockopt::connect(self.addr, self.connect).await?;
         let (sender, conn) = http1::Builder::new()
             // One buffer, one write (as the server side; see `http::serve`).
@@ -177,69 +175,61 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn send_h1(&self, mut req: Request<Incoming>) -> Result<Sent, SendError> {
-        let http = |source| UpstreamError::Http {
-            addr: self.addr,
-            source,
-        };
-        for _ in 0..ATTEMPTS {
-            let (mut sender, reused) = match self.checkout() {
-                Some(s) => (s, true),
-                // Connecting is boxed (here and below): its future is most of a send's size,
-                // which every request's future would carry, and connections are rare.
+    /// Sends `req` over a pooled (or new) HTTP/1.1 connection; the response's body gives the
+    /// connection back.
+    pub async fn send_h1(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<h1::ResponseBody>, SendError> {
+        let mut req = h1::Outgoing::new(req);
+        let mut reused_attempts = 0;
+        loop {
+            // After a few dead reused connections, a fresh one.
+            let reused = (reused_attempts < ATTEMPTS)
+                .then(|| self.checkout())
+                .flatten();
+            let (conn, was_reused) = match reused {
+                Some(c) => (c, true),
+                // Connecting is boxed: its future is most of a send's size, which every
+                // request's future would carry, and connections are rare.
                 None => match Box::pin(self.connect_h1()).await {
-                    Ok(s) => (s, false),
+                    Ok(c) => (c, false),
                     Err(error) => {
                         return Err(SendError {
                             error,
-                            request: Some(req),
+                            request: req.into_request(),
                         })
                     }
                 },
             };
-            if let Err(e) = sender.ready().await {
-                if reused {
-                    continue;
+            let pool = PoolReturn {
+                idle: self.idle.clone(),
+            };
+            match h1::send(conn, &mut req, Some(pool)).await {
+                Ok(resp) => return Ok(resp),
+                Err(f)
+                    if was_reused
+                        && (f.unsent || (f.unanswered && req.is_idempotent()))
+                        && reused_attempts < ATTEMPTS =>
+                {
+                    reused_attempts += 1;
+                    tracing::debug!(peer = %self.addr, error = %f.error, "reused connection failed; sending again");
                 }
-                return Err(http(e).into());
-            }
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    let give_back = (response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| PoolReturn {
-                            idle: self.idle.clone(),
-                            sender,
-                        });
-                    return Ok(Sent {
-                        response,
-                        give_back,
-                    });
+                Err(f) => {
+                    return Err(UpstreamError::H1 {
+                        addr: self.addr,
+                        source: f.error,
+                    }
+                    .into())
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(back) if reused => req = back,
-                    _ => return Err(http(e.into_error()).into()),
-                },
             }
         }
-        // Every reused connection was dead: one last try on a fresh one.
-        let mut sender = match Box::pin(self.connect_h1()).await {
-            Ok(s) => s,
-            Err(error) => {
-                return Err(SendError {
-                    error,
-                    request: Some(req),
-                })
-            }
-        };
-        let response = sender.send_request(req).await.map_err(http)?;
-        let give_back = Some(PoolReturn {
-            idle: self.idle.clone(),
-            sender,
-        });
-        Ok(Sent {
-            response,
-            give_back,
-        })
+    }
+
+    async fn connect_h1(&self) -> Result<h1::Conn, UpstreamError> {
+        Ok(h1::Conn::new(
+            sockopt::connect(self.addr, self.connect).await?,
+        ))
     }
 
     async fn h2_sender(&self) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
@@ -284,7 +274,11 @@ impl Pool {
         }
     }
 
-    async fn send_h2(&self, mut req: Request<Incoming>) -> Result<Sent, SendError> {
+    /// Sends `req` over the endpoint's HTTP/2 connection (opened when there is none).
+    pub async fn send_h2(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendError> {
         let mut retried = false;
         loop {
             let mut sender = match self.h2_sender().await {
@@ -297,12 +291,7 @@ impl Pool {
                 }
             };
             match sender.try_send_request(req).await {
-                Ok(response) => {
-                    return Ok(Sent {
-                        response,
-                        give_back: None,
-                    })
-                }
+                Ok(response) => return Ok(response),
                 Err(mut e) => match e.take_message() {
                     Some(back) if !retried => {
                         self.forget_h2();

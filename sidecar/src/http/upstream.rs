@@ -1,10 +1,12 @@
 //! The innermost service: sends a request to its [`Picked`](super::balance::Picked) endpoint over the endpoint's
 //! connection pool, in the connection's HTTP version, and wraps the response body so the
-//! endpoint's in-flight count and the pooled connection are released when it ends.
+//! endpoint's in-flight count (and, in HTTP/1.1, the pooled connection) is released when it
+//! ends.
 //!
-//! Hop-by-hop headers are removed on HTTP/1.1 (RFC 9110 §7.6.1), except on upgrades
-//! (websocket), which get a dedicated upstream connection; after `101 Switching Protocols`
-//! both upgraded connections are spliced together.
+//! Hop-by-hop headers are removed on HTTP/1.1 (RFC 9110 §7.6.1; by [`super::h1`] as it writes
+//! and parses heads), except on upgrades (websocket, `CONNECT`), which get a dedicated
+//! upstream connection through hyper's client; after `101 Switching Protocols` (or a `2xx`
+//! to `CONNECT`) both upgraded connections are spliced together.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -52,7 +54,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// The index of `name` in [`HOP_BY_HOP`]; `name` is lowercase, as a `HeaderName` always is.
-fn hop_by_hop_index(name: &[u8]) -> Option<u32> {
+pub(crate) fn hop_by_hop_index(name: &[u8]) -> Option<u32> {
     match name {
         b"connection" => Some(0),
         b"upgrade" => Some(1),
@@ -153,10 +155,8 @@ impl Service<ProxyRequest> for Upstream {
                 Routed::default(),
             ))));
         };
-        let upgrade = version == Version::Http1 && is_upgrade(req.headers());
-        if version == Version::Http1 && !upgrade {
-            strip_hop_by_hop(req.headers_mut());
-        }
+        let upgrade = version == Version::Http1
+            && (req.method() == hyper::Method::CONNECT || is_upgrade(req.headers()));
         Box::pin(async move {
             let mut endpoint = picked.endpoint.clone();
             let mut attempts = 0;
@@ -169,12 +169,18 @@ impl Service<ProxyRequest> for Upstream {
                     Box::pin(send_upgrade(&endpoint, req))
                         .await
                         .map_err(SendError::from)
+                } else if version == Version::Http1 {
+                    endpoint
+                        .pool
+                        .send_h1(req)
+                        .await
+                        .map(|r| r.map(ProxyBody::h1))
                 } else {
                     endpoint
                         .pool
-                        .send(req, version)
+                        .send_h2(req)
                         .await
-                        .map(|sent| (sent.response, sent.give_back))
+                        .map(|r| r.map(ProxyBody::upstream))
                 };
                 match result {
                     // Not sent (no connection): another endpoint of the service may answer.
@@ -205,17 +211,10 @@ impl Service<ProxyRequest> for Upstream {
                 peer: Some(endpoint.metrics.clone()),
             };
             let resp = match result {
-                Ok((resp, give_back)) => {
+                Ok(mut resp) => {
                     endpoint.observe_since(in_flight.started());
-                    let (mut parts, body) = resp.into_parts();
-                    if version == Version::Http1 && parts.status != StatusCode::SWITCHING_PROTOCOLS
-                    {
-                        strip_hop_by_hop(&mut parts.headers);
-                    }
-                    Response::from_parts(
-                        parts,
-                        ProxyBody::upstream(body, Some(in_flight), give_back),
-                    )
+                    resp.body_mut().set_in_flight(in_flight);
+                    resp
                 }
                 Err(e) => {
                     // A failure counts as a slow answer, so P2C steers away from the endpoint.
@@ -233,16 +232,22 @@ impl Service<ProxyRequest> for Upstream {
     }
 }
 
-type Upgraded = (Response<Incoming>, Option<crate::pool::PoolReturn>);
-
+/// Sends an upgrade (or `CONNECT`) over a connection of its own and, when the upstream
+/// agrees, splices the two upgraded connections together.
 async fn send_upgrade(
     endpoint: &crate::balance::Endpoint,
     mut req: Request<Incoming>,
-) -> Result<Upgraded, crate::pool::UpstreamError> {
+) -> Result<Response<ProxyBody>, crate::pool::UpstreamError> {
+    let connect = req.method() == hyper::Method::CONNECT;
     let client_upgrade = hyper::upgrade::on(&mut req);
     let mut resp = endpoint.pool.send_unpooled(req).await?;
+    let upgraded =
+        resp.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && resp.status().is_success());
+    if !upgraded {
+        strip_hop_by_hop(resp.headers_mut());
+    }
     // The upgrade response keeps its Connection/Upgrade headers.
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+    if upgraded {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
             let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
@@ -253,7 +258,7 @@ async fn send_upgrade(
             let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
         });
     }
-    Ok((resp, None))
+    Ok(resp.map(ProxyBody::upstream))
 }
 
 #[cfg(test)]
