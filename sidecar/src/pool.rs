@@ -63,16 +63,17 @@ pub enum UpstreamError {
 }
 
 /// A failed send; the request comes back when it never left (no connection could be
-/// opened), so the caller may try another endpoint.
+/// opened), so the caller may try another endpoint. (`R = ()` when the caller kept the
+/// request: `Some(())` then says it is intact.)
 #[derive(Debug)]
-pub struct SendError {
+pub struct SendError<R = Request<Incoming>> {
     /// What failed.
     pub error: UpstreamError,
     /// The request, when it was not sent.
-    pub request: Option<Request<Incoming>>,
+    pub request: Option<R>,
 }
 
-impl From<UpstreamError> for SendError {
+impl<R> From<UpstreamError> for SendError<R> {
     fn from(error: UpstreamError) -> Self {
         Self {
             error,
@@ -176,12 +177,12 @@ impl Pool {
     }
 
     /// Sends `req` over a pooled (or new) HTTP/1.1 connection; the response's body gives the
-    /// connection back.
+    /// connection back. `req` stays with the caller (a future holding it once, not moved
+    /// through this one), intact when the error says it was not sent.
     pub async fn send_h1(
         &self,
-        req: Request<Incoming>,
-    ) -> Result<Response<h1::ResponseBody>, SendError> {
-        let mut req = h1::Outgoing::new(req);
+        req: &mut h1::Outgoing,
+    ) -> Result<Response<h1::ResponseBody>, SendError<()>> {
         let mut reused_attempts = 0;
         loop {
             // After a few dead reused connections, a fresh one.
@@ -197,7 +198,7 @@ impl Pool {
                     Err(error) => {
                         return Err(SendError {
                             error,
-                            request: req.into_request(),
+                            request: Some(()),
                         })
                     }
                 },
@@ -205,7 +206,7 @@ impl Pool {
             let pool = PoolReturn {
                 idle: self.idle.clone(),
             };
-            match h1::send(conn, &mut req, Some(pool)).await {
+            match h1::send(conn, req, Some(pool)).await {
                 Ok(resp) => return Ok(resp),
                 Err(f)
                     if was_reused

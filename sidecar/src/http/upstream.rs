@@ -9,6 +9,7 @@
 //! to `CONNECT`) both upgraded connections are spliced together.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
@@ -17,9 +18,11 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tower::Service;
 
+use super::balance::Picked;
 use super::observe::Routed;
-use super::{error_response, ProxyBody, ProxyRequest, ProxyResponse, ResponseFuture};
-use crate::pool::{SendError, Version};
+use super::{error_response, h1, ProxyBody, ProxyRequest, ProxyResponse, ResponseFuture};
+use crate::balance::{Endpoint, InFlight};
+use crate::pool::{SendError, UpstreamError, Version};
 
 /// Other endpoints tried when the picked one cannot be connected to.
 const REPICKS: usize = 2;
@@ -141,9 +144,7 @@ impl Service<ProxyRequest> for Upstream {
     fn call(&mut self, req: ProxyRequest) -> ResponseFuture {
         let version = self.version;
         let ProxyRequest {
-            http: mut req,
-            picked,
-            ..
+            http: req, picked, ..
         } = req;
         let Some(picked) = picked else {
             let resp = error_response(
@@ -157,79 +158,136 @@ impl Service<ProxyRequest> for Upstream {
         };
         let upgrade = version == Version::Http1
             && (req.method() == hyper::Method::CONNECT || is_upgrade(req.headers()));
-        Box::pin(async move {
-            let mut endpoint = picked.endpoint.clone();
-            let mut attempts = 0;
-            let (result, in_flight) = loop {
-                let in_flight = endpoint.start();
-                let result = if upgrade {
-                    // Boxed, as the connects in the pool: connecting is a large future and
-                    // rare, and the future every request allocates and moves is a third
-                    // smaller without it (2.3 -> 1.5 KB).
-                    Box::pin(send_upgrade(&endpoint, req))
-                        .await
-                        .map_err(SendError::from)
-                } else if version == Version::Http1 {
-                    endpoint
-                        .pool
-                        .send_h1(req)
-                        .await
-                        .map(|r| r.map(ProxyBody::h1))
-                } else {
-                    endpoint
-                        .pool
-                        .send_h2(req)
-                        .await
-                        .map(|r| r.map(ProxyBody::upstream))
-                };
-                match result {
-                    // Not sent (no connection): another endpoint of the service may answer.
-                    Err(SendError {
-                        error,
-                        request: Some(back),
-                    }) if attempts < REPICKS && picked.balancer.is_some() => {
-                        attempts += 1;
-                        endpoint.observe(FAILURE_PENALTY);
-                        endpoint.metrics.failure();
-                        tracing::debug!(peer = %endpoint.addr(), %error, "endpoint unreachable; picking another");
-                        let next = picked.balancer.as_ref().and_then(|b| b.pick(picked.key));
-                        match next {
-                            Some(next) => {
-                                next.metrics.request();
-                                endpoint = next;
-                                req = back;
-                            }
-                            None => break (Err(error), in_flight),
-                        }
-                    }
-                    Err(e) => break (Err(e.error), in_flight),
-                    Ok(ok) => break (Ok(ok), in_flight),
-                }
-            };
-            let routed = Routed {
-                service: picked.service,
-                peer: Some(endpoint.metrics.clone()),
-            };
-            let resp = match result {
-                Ok(mut resp) => {
-                    endpoint.observe_since(in_flight.started());
-                    resp.body_mut().set_in_flight(in_flight);
-                    resp
-                }
-                Err(e) => {
-                    // A failure counts as a slow answer, so P2C steers away from the endpoint.
-                    endpoint.observe(in_flight.started().elapsed().max(FAILURE_PENALTY));
-                    endpoint.metrics.failure();
-                    if let Some(s) = &routed.service {
-                        s.failure();
-                    }
-                    tracing::debug!(peer = %endpoint.addr(), error = %e, "upstream request failed");
-                    error_response(StatusCode::BAD_GATEWAY, &e.to_string())
-                }
-            };
-            Ok(ProxyResponse::new(resp, routed))
-        })
+        // One future per kind, each boxed at its own size: the HTTP/1.1 one, which every
+        // plain request allocates, holds the request once and stays within the allocator's
+        // per-thread cache.
+        if version == Version::Http1 && !upgrade {
+            Box::pin(forward_h1(picked, h1::Outgoing::new(req)))
+        } else {
+            Box::pin(forward(picked, req, upgrade))
+        }
     }
+}
+
+/// A plain HTTP/1.1 request, over the endpoint's pool (see [`h1`]).
+async fn forward_h1(picked: Picked, mut req: h1::Outgoing) -> Result<ProxyResponse, Infallible> {
+    let mut endpoint = picked.endpoint.clone();
+    let mut attempts = 0;
+    loop {
+        let in_flight = endpoint.start();
+        let error = match endpoint.pool.send_h1(&mut req).await {
+            Ok(resp) => {
+                return Ok(answer(
+                    picked,
+                    endpoint,
+                    in_flight,
+                    Ok(resp.map(ProxyBody::h1)),
+                ))
+            }
+            Err(e) => e,
+        };
+        // Not sent (no connection): another endpoint of the service may answer.
+        if error.request.is_none() || !repick(&picked, &mut endpoint, &mut attempts, &error.error) {
+            return Ok(answer(picked, endpoint, in_flight, Err(error.error)));
+        }
+    }
+}
+
+/// An HTTP/2 request (over the endpoint's shared connection) or an upgrade (over one of its
+/// own).
+async fn forward(
+    picked: Picked,
+    mut req: Request<Incoming>,
+    upgrade: bool,
+) -> Result<ProxyResponse, Infallible> {
+    let mut endpoint = picked.endpoint.clone();
+    let mut attempts = 0;
+    loop {
+        let in_flight = endpoint.start();
+        let result = if upgrade {
+            // Boxed, as the connects in the pool: connecting is a large future and rare.
+            Box::pin(send_upgrade(&endpoint, req))
+                .await
+                .map_err(SendError::from)
+        } else {
+            endpoint
+                .pool
+                .send_h2(req)
+                .await
+                .map(|r| r.map(ProxyBody::upstream))
+        };
+        match result {
+            Ok(resp) => return Ok(answer(picked, endpoint, in_flight, Ok(resp))),
+            Err(SendError {
+                error,
+                request: Some(back),
+            }) => {
+                // Not sent (no connection): another endpoint of the service may answer.
+                if !repick(&picked, &mut endpoint, &mut attempts, &error) {
+                    return Ok(answer(picked, endpoint, in_flight, Err(error)));
+                }
+                req = back;
+            }
+            Err(e) => return Ok(answer(picked, endpoint, in_flight, Err(e.error))),
+        }
+    }
+}
+
+/// After `endpoint` could not be connected to: charges it the failure and picks another
+/// endpoint of the service (at most [`REPICKS`] times). False when there is none to try.
+fn repick(
+    picked: &Picked,
+    endpoint: &mut Arc<Endpoint>,
+    attempts: &mut usize,
+    error: &UpstreamError,
+) -> bool {
+    let Some(balancer) = picked.balancer.as_ref().filter(|_| *attempts < REPICKS) else {
+        return false;
+    };
+    *attempts += 1;
+    endpoint.observe(FAILURE_PENALTY);
+    endpoint.metrics.failure();
+    tracing::debug!(peer = %endpoint.addr(), %error, "endpoint unreachable; picking another");
+    match balancer.pick(picked.key) {
+        Some(next) => {
+            next.metrics.request();
+            *endpoint = next;
+            true
+        }
+        None => false,
+    }
+}
+
+/// The response to pass up, counted in the endpoint's (and service's) series: the upstream's,
+/// holding the endpoint's in-flight count until its body ends, or a 502.
+fn answer(
+    picked: Picked,
+    endpoint: Arc<Endpoint>,
+    in_flight: InFlight,
+    result: Result<Response<ProxyBody>, UpstreamError>,
+) -> ProxyResponse {
+    let routed = Routed {
+        service: picked.service,
+        peer: Some(endpoint.metrics.clone()),
+    };
+    let resp = match result {
+        Ok(mut resp) => {
+            endpoint.observe_since(in_flight.started());
+            resp.body_mut().set_in_flight(in_flight);
+            resp
+        }
+        Err(e) => {
+            // A failure counts as a slow answer, so P2C steers away from the endpoint.
+            endpoint.observe(in_flight.started().elapsed().max(FAILURE_PENALTY));
+            endpoint.metrics.failure();
+            if let Some(s) = &routed.service {
+                s.failure();
+            }
+            tracing::debug!(peer = %endpoint.addr(), error = %e, "upstream request failed");
+            error_response(StatusCode::BAD_GATEWAY, &e.to_string())
+        }
+    };
+    ProxyResponse::new(resp, routed)
 }
 
 /// Sends an upgrade (or `CONNECT`) over a connection of its own and, when the upstream

@@ -5,7 +5,7 @@
 //! Pure functions over buffers; the connection in [`super`] does the I/O.
 
 use bytes::{Buf, Bytes, BytesMut};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use hyper::{Method, StatusCode};
 
 use super::Error;
@@ -44,13 +44,16 @@ pub fn request_framing(headers: &HeaderMap, body_ended: bool) -> ReqFraming {
     }
 }
 
-/// Writes the request line and header fields into `dst`, always as HTTP/1.1 (as nginx's
+/// Writes the request line and header fields into `dst`, as HTTP/1.1 (as nginx's
 /// `proxy_http_version 1.1` and Envoy do: keep-alive and chunked work whatever the client
-/// spoke). Hop-by-hop fields are left out; when `Connection` lists other fields, those go
-/// too (`headers` is edited then, which is rare). The framing fields follow `framing`.
+/// spoke) — except an HTTP/1.0 request without `Host`, which HTTP/1.1 would require: it
+/// stays HTTP/1.0 and asks for keep-alive. Hop-by-hop fields are left out; when
+/// `Connection` lists other fields, those go too (`headers` is edited then, which is rare).
+/// The framing fields follow `framing`.
 pub fn encode_head(
     method: &Method,
     uri: &hyper::Uri,
+    version: hyper::Version,
     headers: &mut HeaderMap,
     framing: ReqFraming,
     dst: &mut Vec<u8>,
@@ -63,7 +66,12 @@ pub fn encode_head(
         // Absolute form (or authority form) as received, as hyper's client writes it.
         _ => dst.extend_from_slice(uri.to_string().as_bytes()),
     }
-    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    let http10 = version <= hyper::Version::HTTP_10 && !headers.contains_key(HOST);
+    if http10 {
+        dst.extend_from_slice(b" HTTP/1.0\r\nconnection: keep-alive\r\n");
+    } else {
+        dst.extend_from_slice(b" HTTP/1.1\r\n");
+    }
     let fields = dst.len();
     if !write_fields(headers, framing, dst) {
         // `Connection` names more fields: remove them all and write the fields again.
@@ -536,8 +544,18 @@ mod tests {
         (r, headers, buf)
     }
 
-    /// The head `encode_head` writes for a request with `fields`.
+    /// The head `encode_head` writes for an HTTP/1.1 request with `fields`.
     fn encoded(method: Method, uri: &str, fields: &[(&str, &str)], framing: ReqFraming) -> String {
+        encoded_as(hyper::Version::HTTP_11, method, uri, fields, framing)
+    }
+
+    fn encoded_as(
+        version: hyper::Version,
+        method: Method,
+        uri: &str,
+        fields: &[(&str, &str)],
+        framing: ReqFraming,
+    ) -> String {
         let mut h = HeaderMap::new();
         for (name, value) in fields {
             h.append(
@@ -546,7 +564,14 @@ mod tests {
             );
         }
         let mut dst = Vec::new();
-        encode_head(&method, &uri.parse().unwrap(), &mut h, framing, &mut dst);
+        encode_head(
+            &method,
+            &uri.parse().unwrap(),
+            version,
+            &mut h,
+            framing,
+            &mut dst,
+        );
         String::from_utf8(dst).unwrap()
     }
 
@@ -573,6 +598,22 @@ mod tests {
         assert_eq!(
             encoded(Method::POST, "http://web/x", &fields, ReqFraming::Chunked),
             "POST http://web/x HTTP/1.1\r\nx-keep: 1\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        // HTTP/1.0 goes out as HTTP/1.1 with a Host, as HTTP/1.0 (keep-alive) without.
+        let v10 = hyper::Version::HTTP_10;
+        assert_eq!(
+            encoded_as(v10, Method::GET, "/", &[("host", "web")], ReqFraming::Empty),
+            "GET / HTTP/1.1\r\nhost: web\r\n\r\n"
+        );
+        assert_eq!(
+            encoded_as(
+                v10,
+                Method::GET,
+                "/",
+                &[("connection", "close")],
+                ReqFraming::Empty
+            ),
+            "GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n"
         );
         let mut h = HeaderMap::new();
         assert_eq!(request_framing(&h, true), ReqFraming::Empty);

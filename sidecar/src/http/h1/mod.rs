@@ -17,6 +17,7 @@
 //! Upgrades (websocket, `CONNECT`) do not come here: they keep hyper's client on a connection
 //! of their own.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
@@ -177,11 +178,6 @@ impl Outgoing {
                 | Method::DELETE
         )
     }
-
-    /// The request again, when nothing of it was consumed.
-    pub fn into_request(self) -> Option<Request<Incoming>> {
-        Some(Request::from_parts(self.parts, self.body?))
-    }
 }
 
 /// A failed exchange, and whether the request could be sent again elsewhere.
@@ -198,66 +194,88 @@ pub struct Failure {
 
 /// Sends `req` over `conn` and reads the response head; the response's body reads the rest
 /// and gives `conn` back to `pool` when the exchange ends cleanly.
-pub async fn send(
-    conn: Conn,
-    req: &mut Outgoing,
-    pool: Option<PoolReturn>,
-) -> Result<Response<ResponseBody>, Failure> {
-    let mut ex = Exchange {
-        conn,
-        st: ExState {
+pub fn send(conn: Conn, req: &mut Outgoing, pool: Option<PoolReturn>) -> Exchange<'_> {
+    Exchange {
+        conn: Some(conn),
+        pool,
+        st: Progress {
+            req,
             pump: None,
             started: false,
             wrote: false,
             body_touched: false,
             answered: false,
-            headers: None,
         },
-    };
-    let head = std::future::poll_fn(|cx| ex.poll_head(cx, req)).await?;
-    let Exchange { conn, st } = ex;
-    let headers = st.headers.unwrap_or_default();
-    let mut body = ResponseBody {
-        conn: Some(conn),
-        decoder: Decoder::new(head.framing),
-        pump: st.pump,
-        keep_alive: head.keep_alive,
-        pool,
-    };
-    if body.decoder.is_done() {
-        body.finish();
     }
-    let mut resp = Response::new(body);
-    *resp.status_mut() = head.status;
-    *resp.headers_mut() = headers;
-    if let Some(reason) = head.reason {
-        resp.extensions_mut().insert(reason);
-    }
-    Ok(resp)
 }
 
-/// [`send`] until the response head.
-struct Exchange {
-    conn: Conn,
-    st: ExState,
+/// The future of [`send`]: the request written (and its body streamed) until the response
+/// head has arrived.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    conn: Option<Conn>,
+    pool: Option<PoolReturn>,
+    st: Progress<'a>,
 }
 
-/// What [`Exchange`] knows besides its connection.
-struct ExState {
+/// How far an [`Exchange`] went.
+#[derive(Debug)]
+struct Progress<'a> {
+    req: &'a mut Outgoing,
     pump: Option<Pump>,
     started: bool,
     wrote: bool,
     body_touched: bool,
     answered: bool,
-    headers: Option<HeaderMap>,
 }
 
-impl ExState {
-    fn fail(&mut self, req: &mut Outgoing, error: Error, unsent: bool) -> Failure {
+impl Future for Exchange<'_> {
+    type Output = Result<Response<ResponseBody>, Failure>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(Err(Failure {
+                error: Error::Closed,
+                unsent: false,
+                unanswered: false,
+            }));
+        };
+        let head = match this.st.poll_head(conn, cx) {
+            Poll::Ready(Ok(head)) => head,
+            Poll::Ready(Err((error, unsent))) => {
+                this.conn = None;
+                return Poll::Ready(Err(this.st.fail(error, unsent)));
+            }
+            Poll::Pending => return Poll::Pending,
+        };
+        let mut body = ResponseBody {
+            conn: this.conn.take(),
+            decoder: Decoder::new(head.framing),
+            pump: this.st.pump.take(),
+            keep_alive: head.keep_alive,
+            pool: this.pool.take(),
+        };
+        if body.decoder.is_done() {
+            body.finish();
+        }
+        let mut resp = Response::new(body);
+        *resp.status_mut() = head.status;
+        // The request's field map, refilled with the response's fields.
+        *resp.headers_mut() = std::mem::take(&mut this.st.req.parts.headers);
+        if let Some(reason) = head.reason {
+            resp.extensions_mut().insert(reason);
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
+
+impl Progress<'_> {
+    fn fail(&mut self, error: Error, unsent: bool) -> Failure {
         // A body never polled goes back with the request.
         if !self.body_touched {
             if let Some(p) = self.pump.take() {
-                req.body = Some(p.body);
+                self.req.body = Some(p.body);
             }
         }
         Failure {
@@ -266,30 +284,30 @@ impl ExState {
             unanswered: !self.answered && !self.body_touched,
         }
     }
-}
 
-impl Exchange {
+    /// Writes the request (streaming its body) and reads until a final response head.
+    /// An error says whether nothing of the request was written.
     fn poll_head(
         &mut self,
+        conn: &mut Conn,
         cx: &mut Context<'_>,
-        req: &mut Outgoing,
-    ) -> Poll<Result<Head, Failure>> {
-        let Exchange { conn, st } = self;
-        if !st.started {
-            st.started = true;
-            let p = &mut req.parts;
+    ) -> Poll<Result<Head, (Error, bool)>> {
+        if !self.started {
+            self.started = true;
+            let p = &mut self.req.parts;
             codec::encode_head(
                 &p.method,
                 &p.uri,
+                p.version,
                 &mut p.headers,
-                req.framing,
+                self.req.framing,
                 &mut conn.write,
             );
-            if req.framing != ReqFraming::Empty {
-                if let Some(body) = req.body.take() {
-                    st.pump = Some(Pump {
+            if self.req.framing != ReqFraming::Empty {
+                if let Some(body) = self.req.body.take() {
+                    self.pump = Some(Pump {
                         body,
-                        framing: req.framing,
+                        framing: self.req.framing,
                     });
                 }
             }
@@ -299,49 +317,48 @@ impl Exchange {
                 let before = conn.written;
                 let written = conn.poll_write_all(cx);
                 if conn.written > before || matches!(written, Poll::Ready(Ok(()))) {
-                    st.wrote = true;
+                    self.wrote = true;
                 }
                 if let Poll::Ready(Err(e)) = written {
-                    let unsent = !st.wrote;
-                    return Poll::Ready(Err(st.fail(req, e.into(), unsent)));
+                    return Poll::Ready(Err((e.into(), !self.wrote)));
                 }
             }
             if !conn.pending_write() {
-                if let Some(pump) = st.pump.as_mut() {
+                if let Some(pump) = self.pump.as_mut() {
                     match pump.poll_encode(cx, &mut conn.write) {
                         Poll::Ready(Ok(done)) => {
-                            st.body_touched = true;
+                            self.body_touched = true;
                             if done {
-                                st.pump = None;
+                                self.pump = None;
                             }
                             continue;
                         }
                         Poll::Ready(Err(e)) => {
-                            st.body_touched = true;
-                            return Poll::Ready(Err(st.fail(req, e, false)));
+                            self.body_touched = true;
+                            return Poll::Ready(Err((e, false)));
                         }
                         Poll::Pending => {}
                     }
                 }
             }
             if !conn.read.is_empty() {
-                st.answered = true;
-                let headers = st.headers.get_or_insert_with(|| {
-                    // The request's map, emptied, holds the response's fields: no allocation.
-                    let mut h = std::mem::take(&mut req.parts.headers);
-                    h.clear();
-                    h
-                });
-                match codec::parse_head(&mut conn.read, &req.parts.method, headers) {
+                if !self.answered {
+                    // No retry once the upstream has answered: the request's field map is
+                    // emptied and holds the response's fields (no allocation).
+                    self.answered = true;
+                    self.req.parts.headers.clear();
+                }
+                let p = &mut self.req.parts;
+                match codec::parse_head(&mut conn.read, &p.method, &mut p.headers) {
                     Ok(Some(head)) => return Poll::Ready(Ok(head)),
                     Ok(None) => {}
-                    Err(e) => return Poll::Ready(Err(st.fail(req, e, false))),
+                    Err(e) => return Poll::Ready(Err((e, false))),
                 }
             }
             match conn.poll_read_more(cx) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(st.fail(req, Error::Closed, false))),
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err((Error::Closed, false))),
                 Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(st.fail(req, e.into(), false))),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err((e.into(), false))),
                 Poll::Pending => return Poll::Pending,
             }
         }

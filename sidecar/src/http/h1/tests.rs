@@ -36,7 +36,8 @@ async fn proxy(upstream: SocketAddr) -> (SocketAddr, Arc<Pool>) {
                 let service = hyper::service::service_fn(move |req| {
                     let pool = pool.clone();
                     async move {
-                        Ok::<_, Infallible>(match pool.send_h1(req).await {
+                        let mut req = super::Outgoing::new(req);
+                        Ok::<_, Infallible>(match pool.send_h1(&mut req).await {
                             Ok(resp) => resp.map(ProxyBody::h1),
                             Err(e) => error_response(StatusCode::BAD_GATEWAY, &e.error.to_string()),
                         })
