@@ -82,7 +82,7 @@ impl<R> From<UpstreamError> for SendError<R> {
     }
 }
 
-type Idle = Arc<Mutex<Vec<h1::Conn>>>;
+type Idle = Arc<Mutex<Vec<Box<h1::Conn>>>>;
 
 /// Connections of one endpoint.
 #[derive(Debug)]
@@ -102,7 +102,7 @@ pub struct PoolReturn {
 
 impl PoolReturn {
     /// Puts `conn` back on the idle list (unless the list is full).
-    pub fn give_back(self, conn: h1::Conn) {
+    pub fn give_back(self, conn: Box<h1::Conn>) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < MAX_IDLE {
                 idle.push(conn);
@@ -146,7 +146,7 @@ impl Pool {
 
     /// The most recently used idle connection that is still open. The least recently used
     /// one is checked too, so connections the upstream closed while idle do not linger.
-    fn checkout(&self) -> Option<h1::Conn> {
+    fn checkout(&self) -> Option<Box<h1::Conn>> {
         let mut idle = self.idle.lock().ok()?;
         if idle.len() > 1 && !idle[0].is_reusable() {
             idle.swap_remove(0);
@@ -227,7 +227,7 @@ impl Pool {
         }
     }
 
-    async fn connect_h1(&self) -> Result<h1::Conn, UpstreamError> {
+    async fn connect_h1(&self) -> Result<Box<h1::Conn>, UpstreamError> {
         Ok(h1::Conn::new(
             sockopt::connect(self.addr, self.connect).await?,
         ))

@@ -5,7 +5,9 @@
 //! Pure functions over buffers; the connection in [`super`] does the I/O.
 
 use bytes::{Buf, Bytes, BytesMut};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING,
+};
 use hyper::{Method, StatusCode};
 
 use super::Error;
@@ -197,9 +199,10 @@ pub fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
     headers: &mut HeaderMap,
+    names: &mut Names,
 ) -> Result<Option<Head>, Error> {
     loop {
-        let Some(head) = parse_one(buf, method, headers)? else {
+        let Some(head) = parse_one(buf, method, headers, names)? else {
             if buf.len() > MAX_HEAD {
                 return Err(Error::Protocol("response head too large"));
             }
@@ -219,6 +222,7 @@ fn parse_one(
     buf: &mut BytesMut,
     method: &Method,
     headers: &mut HeaderMap,
+    names: &mut Names,
 ) -> Result<Option<Head>, Error> {
     let mut slots = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
     // Offsets of each field's name and value in the head, recorded while `buf` is borrowed.
@@ -265,11 +269,14 @@ fn parse_one(
     let mut chunked = None;
     let mut length: Option<u64> = None;
     headers.reserve(count);
-    for &(n0, n1, v0, v1) in &spans[..count] {
-        let name = &head_bytes[n0 as usize..n1 as usize];
+    for (at, &(n0, n1, v0, v1)) in spans[..count].iter().enumerate() {
         let value = &head_bytes[v0 as usize..v1 as usize];
-        if let Some(i) = hop_by_hop_index_ci(name) {
-            if i == 0 {
+        let name = match names.get(at, &head_bytes[n0 as usize..n1 as usize])? {
+            Name::Field(name) => name,
+            Name::HopByHop(i) => {
+                if i != 0 {
+                    continue;
+                }
                 for t in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                     if t.eq_ignore_ascii_case(b"close") {
                         close = true;
@@ -282,12 +289,9 @@ fn parse_one(
                 if !relisted {
                     continue;
                 }
-            } else {
-                continue;
+                CONNECTION
             }
-        }
-        let name =
-            HeaderName::from_bytes(name).map_err(|_| Error::Protocol("invalid field name"))?;
+        };
         let value = HeaderValue::from_maybe_shared(head_bytes.slice(v0 as usize..v1 as usize))
             .map_err(|_| Error::Protocol("invalid field value"))?;
         if name == TRANSFER_ENCODING {
@@ -342,6 +346,46 @@ fn parse_one(
         framing,
         keep_alive,
     }))
+}
+
+/// The field names of a connection's last response, as they came off the wire, with what
+/// they stand for. An upstream answers with the same names in the same order response after
+/// response, so a name is parsed (lowercased, matched against the standard names, allocated
+/// when it is none of them) only when it differs from the one at its position last time.
+#[derive(Debug, Default)]
+pub struct Names(Vec<(Box<[u8]>, Name)>);
+
+/// What a field name stands for.
+#[derive(Debug, Clone)]
+enum Name {
+    /// A hop-by-hop field, by its index in [`HOP_BY_HOP`](crate::http::upstream).
+    HopByHop(u32),
+    /// An end-to-end field.
+    Field(HeaderName),
+}
+
+impl Names {
+    /// What the `at`th field name of a response, `raw`, stands for.
+    fn get(&mut self, at: usize, raw: &[u8]) -> Result<Name, Error> {
+        if let Some((seen, name)) = self.0.get(at) {
+            if **seen == *raw {
+                return Ok(name.clone());
+            }
+        }
+        let name = match hop_by_hop_index_ci(raw) {
+            Some(i) => Name::HopByHop(i),
+            None => Name::Field(
+                HeaderName::from_bytes(raw).map_err(|_| Error::Protocol("invalid field name"))?,
+            ),
+        };
+        let entry = (Box::from(raw), name.clone());
+        if at < self.0.len() {
+            self.0[at] = entry;
+        } else if at == self.0.len() {
+            self.0.push(entry);
+        }
+        Ok(name)
+    }
 }
 
 /// A `Content-Length` value: digits (a list of equal values is accepted, RFC 9110 §8.6).
@@ -540,7 +584,7 @@ mod tests {
     fn head(raw: &[u8], method: Method) -> (Result<Option<Head>, Error>, HeaderMap, BytesMut) {
         let mut buf = BytesMut::from(raw);
         let mut headers = HeaderMap::new();
-        let r = parse_head(&mut buf, &method, &mut headers);
+        let r = parse_head(&mut buf, &method, &mut headers, &mut Names::default());
         (r, headers, buf)
     }
 
@@ -675,6 +719,32 @@ mod tests {
             b"garbage\r\n\r\n",
         ] {
             assert!(head(bad, Method::GET).0.is_err());
+        }
+    }
+
+    #[test]
+    fn field_names_are_remembered_by_position_and_relearned_when_they_change() {
+        let mut names = Names::default();
+        let heads: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-A: 2\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nX-B: 3\r\nContent-Length: 0\r\nX-C: 4\r\n\r\n",
+        ];
+        let expected: [&[&str]; 3] = [
+            &["x-a:1", "content-length:0"],
+            &["x-a:2", "content-length:0"],
+            &["x-b:3", "content-length:0", "x-c:4"],
+        ];
+        for (raw, expected) in heads.iter().zip(expected) {
+            let mut buf = BytesMut::from(*raw);
+            let mut h = HeaderMap::new();
+            let head = parse_head(&mut buf, &Method::GET, &mut h, &mut names);
+            assert!(!head.unwrap().unwrap().keep_alive);
+            let got: Vec<String> = h
+                .iter()
+                .map(|(n, v)| format!("{n}:{}", v.to_str().unwrap()))
+                .collect();
+            assert_eq!(got, expected);
         }
     }
 

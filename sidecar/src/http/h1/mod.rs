@@ -70,17 +70,20 @@ pub struct Conn {
     read: BytesMut,
     write: Vec<u8>,
     written: usize,
+    names: codec::Names,
 }
 
 impl Conn {
-    /// A fresh connection over `io`.
-    pub fn new(io: TcpStream) -> Self {
-        Self {
+    /// A fresh connection over `io`, boxed: it moves from pool to request to response body
+    /// and back, and the futures and bodies that hold it stay small.
+    pub fn new(io: TcpStream) -> Box<Self> {
+        Box::new(Self {
             io,
             read: BytesMut::with_capacity(READ_BUF),
             write: Vec::with_capacity(1024),
             written: 0,
-        }
+            names: codec::Names::default(),
+        })
     }
 
     /// True when an idle connection can carry a request: nothing left over from the last
@@ -194,7 +197,7 @@ pub struct Failure {
 
 /// Sends `req` over `conn` and reads the response head; the response's body reads the rest
 /// and gives `conn` back to `pool` when the exchange ends cleanly.
-pub fn send(conn: Conn, req: &mut Outgoing, pool: Option<PoolReturn>) -> Exchange<'_> {
+pub fn send(conn: Box<Conn>, req: &mut Outgoing, pool: Option<PoolReturn>) -> Exchange<'_> {
     Exchange {
         conn: Some(conn),
         pool,
@@ -213,7 +216,7 @@ pub fn send(conn: Conn, req: &mut Outgoing, pool: Option<PoolReturn>) -> Exchang
 /// head has arrived.
 #[derive(Debug)]
 pub struct Exchange<'a> {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     pool: Option<PoolReturn>,
     st: Progress<'a>,
 }
@@ -222,7 +225,7 @@ pub struct Exchange<'a> {
 #[derive(Debug)]
 struct Progress<'a> {
     req: &'a mut Outgoing,
-    pump: Option<Pump>,
+    pump: Option<Box<Pump>>,
     started: bool,
     wrote: bool,
     body_touched: bool,
@@ -305,10 +308,11 @@ impl Progress<'_> {
             );
             if self.req.framing != ReqFraming::Empty {
                 if let Some(body) = self.req.body.take() {
-                    self.pump = Some(Pump {
+                    // Boxed: most requests have no body, and the futures stay small.
+                    self.pump = Some(Box::new(Pump {
                         body,
                         framing: self.req.framing,
-                    });
+                    }));
                 }
             }
         }
@@ -349,7 +353,8 @@ impl Progress<'_> {
                     self.req.parts.headers.clear();
                 }
                 let p = &mut self.req.parts;
-                match codec::parse_head(&mut conn.read, &p.method, &mut p.headers) {
+                match codec::parse_head(&mut conn.read, &p.method, &mut p.headers, &mut conn.names)
+                {
                     Ok(Some(head)) => return Poll::Ready(Ok(head)),
                     Ok(None) => {}
                     Err(e) => return Poll::Ready(Err((e, false))),
@@ -439,9 +444,9 @@ impl Pump {
 /// when both are complete and the upstream keeps it open.
 #[derive(Debug)]
 pub struct ResponseBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     decoder: Decoder,
-    pump: Option<Pump>,
+    pump: Option<Box<Pump>>,
     keep_alive: bool,
     pool: Option<PoolReturn>,
 }
