@@ -20,7 +20,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::detect::{self, Detected, PrefixedIo, SERVER_FIRST_PORTS};
 use crate::drain::Drain;
-use crate::http::io::ReadyIo;
 use crate::http::route::{resolve_addr, Dest, Target};
 use crate::http::{self, ConnContext, HttpShared};
 use crate::metrics::Direction;
@@ -175,20 +174,13 @@ async fn handle(mut stream: TcpStream, client: SocketAddr, shared: &ProxyShared,
         .http
         .metrics
         .detected(shared.direction, detected.label());
+    let io = PrefixedIo::new(prefix, stream);
     let version = match detected {
         Detected::Http1 => Version::Http1,
         Detected::Http2 => Version::Http2,
-        Detected::Tls { sni } => {
-            let io = PrefixedIo::new(prefix, stream);
-            return opaque(io, client, target, sni, "tls", shared).await;
-        }
-        Detected::Opaque => {
-            let io = PrefixedIo::new(prefix, stream);
-            return opaque(io, client, target, None, "tcp", shared).await;
-        }
+        Detected::Tls { sni } => return opaque(io, client, target, sni, "tls", shared).await,
+        Detected::Opaque => return opaque(io, client, target, None, "tcp", shared).await,
     };
-    // Reads that drain the socket spare hyper's server an `EAGAIN` read per request.
-    let io = PrefixedIo::new(prefix, ReadyIo::new(stream));
     let ctx = ConnContext {
         direction: shared.direction,
         client,

@@ -44,7 +44,6 @@ use crate::snapshot::SnapshotStore;
 pub mod balance;
 pub mod body;
 pub mod h1;
-pub mod io;
 pub mod observe;
 pub mod route;
 pub mod timer;

@@ -29,7 +29,6 @@ use hyper::http::request::Parts;
 use hyper::{Method, Request, Response};
 use tokio::net::TcpStream;
 
-use super::io::{poll_recv, try_recv};
 use crate::pool::PoolReturn;
 use codec::{Decoded, Decoder, Head, ReqFraming};
 
@@ -99,7 +98,7 @@ impl Conn {
             Poll::Ready(Err(_)) => false,
             Poll::Ready(Ok(())) => {
                 self.reserve_read();
-                match try_recv(&self.io, self.read.spare_capacity_mut()) {
+                match self.io.try_read_buf(&mut self.read) {
                     Err(e) => e.kind() == io::ErrorKind::WouldBlock,
                     // End of stream, or bytes nobody asked for (a 408, say).
                     Ok(_) => false,
@@ -137,13 +136,12 @@ impl Conn {
         }
     }
 
-    /// Reads more into the read buffer; `Ok(0)` at end of stream.
+    /// Reads more into the read buffer; `Ok(0)` at end of stream. A read that drains the
+    /// socket leaves it marked not ready (tokio clears readiness after a short read), so the
+    /// read after the request is written waits for epoll instead of costing an `EAGAIN`.
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.reserve_read();
-        let n = ready!(poll_recv(&self.io, cx, self.read.spare_capacity_mut()))?;
-        // SAFETY: the kernel initialized `n` bytes of the spare capacity.
-        unsafe { self.read.set_len(self.read.len() + n) };
-        Poll::Ready(Ok(n))
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
     }
 }
 
