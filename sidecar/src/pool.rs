@@ -14,6 +14,7 @@
 //! This module knows nothing of balancing or metrics.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hyper::body::Incoming;
@@ -26,6 +27,8 @@ use crate::sockopt::{self, ConnectError, ConnectOptions};
 
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE: usize = 64;
+/// Checkouts per check of the least recently used idle connection.
+const SWEEP_EVERY: u32 = 8;
 /// Attempts of one request over reused connections before giving up.
 const ATTEMPTS: usize = 3;
 
@@ -90,6 +93,7 @@ pub struct Pool {
     addr: SocketAddr,
     connect: ConnectOptions,
     idle: Idle,
+    checkouts: AtomicU32,
     h2: Mutex<Option<http2::SendRequest<Incoming>>>,
     h2_connecting: tokio::sync::Mutex<()>,
 }
@@ -118,6 +122,7 @@ impl Pool {
             addr,
             connect,
             idle: Arc::default(),
+            checkouts: AtomicU32::new(0),
             h2: Mutex::new(None),
             h2_connecting: tokio::sync::Mutex::new(()),
         }
@@ -144,12 +149,17 @@ impl Pool {
             })
     }
 
-    /// The most recently used idle connection that is still open. The least recently used
-    /// one is checked too, so connections the upstream closed while idle do not linger.
+    /// The most recently used idle connection that is still open. Every few checkouts the
+    /// least recently used one is checked too, so connections the upstream closed while idle
+    /// do not linger (a check is a readiness poll, ~130 instructions).
     fn checkout(&self) -> Option<Box<h1::Conn>> {
+        let sweep = self
+            .checkouts
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY);
         let mut idle = self.idle.lock().ok()?;
-        if idle.len() > 1 && !idle[0].is_reusable() {
-            idle.swap_remove(0);
+        if sweep && idle.len() > 1 && !idle[0].is_reusable() {
+            idle.remove(0);
         }
         while let Some(mut c) = idle.pop() {
             if c.is_reusable() {
@@ -309,5 +319,34 @@ impl Pool {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn checkouts_take_the_newest_idle_connection_and_sweep_the_oldest() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::new(listener.local_addr().unwrap(), ConnectOptions::default());
+        let mut servers = Vec::new();
+        for _ in 0..3 {
+            let conn = pool.connect_h1().await.unwrap();
+            servers.push(listener.accept().await.unwrap().0);
+            PoolReturn {
+                idle: pool.idle.clone(),
+            }
+            .give_back(conn);
+        }
+        // The upstream closes the oldest idle connection; the reactor sees it.
+        drop(servers.remove(0));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let newest = pool.checkout().unwrap();
+        // The first checkout swept the closed one: one idle connection is left.
+        assert_eq!(pool.idle(), 1);
+        drop(newest);
+        assert!(pool.checkout().is_some());
+        assert!(pool.checkout().is_none());
     }
 }

@@ -393,6 +393,10 @@ impl Names {
 
 /// A `Content-Length` value: digits (a list of equal values is accepted, RFC 9110 §8.6).
 fn parse_length(v: &[u8]) -> Result<u64, Error> {
+    // The usual value: one number.
+    if !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit) {
+        return Ok(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+    }
     let mut result = None;
     for part in v.split(|b| *b == b',') {
         let part = part.trim_ascii();
