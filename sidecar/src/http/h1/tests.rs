@@ -396,3 +396,90 @@ async fn an_early_answer_ends_the_exchange_and_the_connection() {
     assert_eq!((status.as_u16(), body.as_str()), (413, "big"));
     assert_eq!(pool.idle(), 0);
 }
+
+#[tokio::test]
+async fn large_bodies_stream_through_and_the_connection_is_reused() {
+    // 1 MiB responses (sized, then chunked in 64 KiB chunks) of a repeating pattern.
+    const LEN: usize = 1 << 20;
+    let pattern: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    let sent = Arc::new(pattern.clone());
+    let (up, conns) = upstream(move |_, mut s| {
+        let body = sent.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunked = false;
+            while read_head(&mut s, &mut buf).await.is_some() {
+                if chunked {
+                    s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                        .await
+                        .unwrap();
+                    for piece in body.chunks(64 * 1024) {
+                        let mut frame = format!("{:x}\r\n", piece.len()).into_bytes();
+                        frame.extend_from_slice(piece);
+                        frame.extend_from_slice(b"\r\n");
+                        s.write_all(&frame).await.unwrap();
+                    }
+                    s.write_all(b"0\r\n\r\n").await.unwrap();
+                } else {
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n");
+                    s.write_all(head.as_bytes()).await.unwrap();
+                    s.write_all(&body).await.unwrap();
+                }
+                chunked = !chunked;
+            }
+        }
+    })
+    .await;
+    let (addr, pool) = proxy(up).await;
+    let mut c = client(addr).await;
+    for _ in 0..4 {
+        let resp = c.send_request(get("/")).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), LEN);
+        assert!(body[..] == pattern[..]);
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.idle(), 1);
+}
+
+#[tokio::test]
+async fn a_large_request_body_is_streamed_with_backpressure() {
+    // Reads the whole (sized) body slowly, then answers with the byte count.
+    let (up, _) = upstream(|_, mut s| async move {
+        let mut buf = Vec::new();
+        while let Some(head) = read_head(&mut s, &mut buf).await {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let mut got = buf.len();
+            buf.clear();
+            let mut chunk = vec![0u8; 64 * 1024];
+            while got < len {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                got += s.read(&mut chunk).await.unwrap();
+            }
+            let answer = got.to_string();
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            s.write_all(resp.as_bytes()).await.unwrap();
+        }
+    })
+    .await;
+    let (addr, pool) = proxy(up).await;
+    let mut c = client(addr).await;
+    for _ in 0..2 {
+        let req = Request::put("/")
+            .header("host", "web")
+            .body(Full::new(Bytes::from(vec![b'x'; 4 << 20])))
+            .unwrap();
+        let (status, body) = text(c.send_request(req).await.unwrap()).await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, "4194304"));
+    }
+    assert_eq!(pool.idle(), 1);
+}
