@@ -1,15 +1,20 @@
 //! Upstream HTTP connections of one endpoint: idle HTTP/1.1 connections reused across
 //! requests, and one shared HTTP/2 connection multiplexing every request.
 //!
-//! An HTTP/1.1 connection goes back to the idle list when its response body has been read to
-//! the end (see [`PoolReturn`]); one whose response was dropped early or was an upgrade is
-//! closed. A request that could not even be written on a reused connection (the server
-//! closed it while idle) is retried on another one, so an endpoint that shuts down
-//! gracefully costs no failed request.
+//! An HTTP/1.1 connection ([`h1::Conn`]) is taken off the idle list by one request, whose own
+//! task drives the exchange on it (see [`crate::http::h1`]), and goes back when the response
+//! body has been read to the end and the upstream keeps it open (see [`PoolReturn`]); one
+//! whose response was dropped early is closed. Upgrades get a hyper connection of their own,
+//! never pooled. A connection taken from the idle list that the upstream closed meanwhile is
+//! dropped for the next one; a request that got no answer at all on a reused connection is
+//! sent again on another when that is safe (nothing of it reached the upstream, or it is
+//! idempotent and bodiless as far as it went), so an endpoint that closes idle connections
+//! or shuts down gracefully costs no failed request.
 //!
 //! This module knows nothing of balancing or metrics.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hyper::body::Incoming;
@@ -17,10 +22,13 @@ use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use crate::http::h1;
 use crate::sockopt::{self, ConnectError, ConnectOptions};
 
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE: usize = 64;
+/// Checkouts per check of the least recently used idle connection.
+const SWEEP_EVERY: u32 = 8;
 /// Attempts of one request over reused connections before giving up.
 const ATTEMPTS: usize = 3;
 
@@ -39,7 +47,7 @@ pub enum UpstreamError {
     /// No connection could be opened.
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// The HTTP exchange failed.
+    /// The HTTP exchange failed (hyper's client: HTTP/2, upgrades).
     #[error("upstream {addr}: {source}")]
     Http {
         /// Endpoint.
@@ -47,19 +55,28 @@ pub enum UpstreamError {
         /// Cause.
         source: hyper::Error,
     },
+    /// The HTTP/1.1 exchange failed.
+    #[error("upstream {addr}: {source}")]
+    H1 {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        source: h1::Error,
+    },
 }
 
 /// A failed send; the request comes back when it never left (no connection could be
-/// opened), so the caller may try another endpoint.
+/// opened), so the caller may try another endpoint. (`R = ()` when the caller kept the
+/// request: `Some(())` then says it is intact.)
 #[derive(Debug)]
-pub struct SendError {
+pub struct SendError<R = Request<Incoming>> {
     /// What failed.
     pub error: UpstreamError,
     /// The request, when it was not sent.
-    pub request: Option<Request<Incoming>>,
+    pub request: Option<R>,
 }
 
-impl From<UpstreamError> for SendError {
+impl<R> From<UpstreamError> for SendError<R> {
     fn from(error: UpstreamError) -> Self {
         Self {
             error,
@@ -68,7 +85,7 @@ impl From<UpstreamError> for SendError {
     }
 }
 
-type Idle = Arc<Mutex<Vec<http1::SendRequest<Incoming>>>>;
+type Idle = Arc<Mutex<Vec<Box<h1::Conn>>>>;
 
 /// Connections of one endpoint.
 #[derive(Debug)]
@@ -76,38 +93,26 @@ pub struct Pool {
     addr: SocketAddr,
     connect: ConnectOptions,
     idle: Idle,
+    checkouts: AtomicU32,
     h2: Mutex<Option<http2::SendRequest<Incoming>>>,
     h2_connecting: tokio::sync::Mutex<()>,
 }
 
-/// An HTTP/1.1 connection to give back once its response body is done.
+/// Where an HTTP/1.1 connection goes back once its response body is done.
 #[derive(Debug)]
 pub struct PoolReturn {
     idle: Idle,
-    sender: http1::SendRequest<Incoming>,
 }
 
 impl PoolReturn {
-    /// Puts the connection back on the idle list (unless it closed or the list is full).
-    pub fn give_back(self) {
-        if self.sender.is_closed() {
-            return;
-        }
+    /// Puts `conn` back on the idle list (unless the list is full).
+    pub fn give_back(self, conn: Box<h1::Conn>) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < MAX_IDLE {
-                idle.push(self.sender);
+                idle.push(conn);
             }
         }
     }
-}
-
-/// A response, and the connection to give back when its body ends.
-#[derive(Debug)]
-pub struct Sent {
-    /// The upstream response.
-    pub response: Response<Incoming>,
-    /// Set for pooled HTTP/1.1 connections.
-    pub give_back: Option<PoolReturn>,
 }
 
 impl Pool {
@@ -117,6 +122,7 @@ impl Pool {
             addr,
             connect,
             idle: Arc::default(),
+            checkouts: AtomicU32::new(0),
             h2: Mutex::new(None),
             h2_connecting: tokio::sync::Mutex::new(()),
         }
@@ -127,20 +133,13 @@ impl Pool {
         self.idle.lock().map(|i| i.len()).unwrap_or(0)
     }
 
-    /// Sends `req` over a pooled (or new) connection.
-    pub async fn send(&self, req: Request<Incoming>, version: Version) -> Result<Sent, SendError> {
-        match version {
-            Version::Http1 => self.send_h1(req).await,
-            Version::Http2 => self.send_h2(req).await,
-        }
-    }
-
-    /// Sends `req` over a new HTTP/1.1 connection that is never pooled (upgrades).
+    /// Sends `req` over a new HTTP/1.1 connection that is never pooled (upgrades), with
+    /// hyper's client.
     pub async fn send_unpooled(
         &self,
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = self.connect_h1().await?;
+        let mut sender = self.connect_upgradable().await?;
         sender
             .send_request(req)
             .await
@@ -150,17 +149,27 @@ impl Pool {
             })
     }
 
-    fn checkout(&self) -> Option<http1::SendRequest<Incoming>> {
+    /// The most recently used idle connection that is still open. Every few checkouts the
+    /// least recently used one is checked too, so connections the upstream closed while idle
+    /// do not linger (a check is a readiness poll, ~130 instructions).
+    fn checkout(&self) -> Option<Box<h1::Conn>> {
+        let sweep = self
+            .checkouts
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY);
         let mut idle = self.idle.lock().ok()?;
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
+        if sweep && idle.len() > 1 && !idle[0].is_reusable() {
+            idle.remove(0);
+        }
+        while let Some(mut c) = idle.pop() {
+            if c.is_reusable() {
+                return Some(c);
             }
         }
         None
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+    async fn connect_upgradable(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
         let stream = sockopt::connect(self.addr, self.connect).await?;
         let (sender, conn) = http1::Builder::new()
             // One buffer, one write (as the server side; see `http::serve`).
@@ -177,69 +186,61 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn send_h1(&self, mut req: Request<Incoming>) -> Result<Sent, SendError> {
-        let http = |source| UpstreamError::Http {
-            addr: self.addr,
-            source,
-        };
-        for _ in 0..ATTEMPTS {
-            let (mut sender, reused) = match self.checkout() {
-                Some(s) => (s, true),
-                // Connecting is boxed (here and below): its future is most of a send's size,
-                // which every request's future would carry, and connections are rare.
+    /// Sends `req` over a pooled (or new) HTTP/1.1 connection; the response's body gives the
+    /// connection back. `req` stays with the caller (a future holding it once, not moved
+    /// through this one), intact when the error says it was not sent.
+    pub async fn send_h1(
+        &self,
+        req: &mut h1::Outgoing,
+    ) -> Result<Response<h1::ResponseBody>, SendError<()>> {
+        let mut reused_attempts = 0;
+        loop {
+            // After a few dead reused connections, a fresh one.
+            let reused = (reused_attempts < ATTEMPTS)
+                .then(|| self.checkout())
+                .flatten();
+            let (conn, was_reused) = match reused {
+                Some(c) => (c, true),
+                // Connecting is boxed: its future is most of a send's size, which every
+                // request's future would carry, and connections are rare.
                 None => match Box::pin(self.connect_h1()).await {
-                    Ok(s) => (s, false),
+                    Ok(c) => (c, false),
                     Err(error) => {
                         return Err(SendError {
                             error,
-                            request: Some(req),
+                            request: Some(()),
                         })
                     }
                 },
             };
-            if let Err(e) = sender.ready().await {
-                if reused {
-                    continue;
+            let pool = PoolReturn {
+                idle: self.idle.clone(),
+            };
+            match h1::send(conn, req, Some(pool)).await {
+                Ok(resp) => return Ok(resp),
+                Err(f)
+                    if was_reused
+                        && (f.unsent || (f.unanswered && req.is_idempotent()))
+                        && reused_attempts < ATTEMPTS =>
+                {
+                    reused_attempts += 1;
+                    tracing::debug!(peer = %self.addr, error = %f.error, "reused connection failed; sending again");
                 }
-                return Err(http(e).into());
-            }
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    let give_back = (response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| PoolReturn {
-                            idle: self.idle.clone(),
-                            sender,
-                        });
-                    return Ok(Sent {
-                        response,
-                        give_back,
-                    });
+                Err(f) => {
+                    return Err(UpstreamError::H1 {
+                        addr: self.addr,
+                        source: f.error,
+                    }
+                    .into())
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(back) if reused => req = back,
-                    _ => return Err(http(e.into_error()).into()),
-                },
             }
         }
-        // Every reused connection was dead: one last try on a fresh one.
-        let mut sender = match Box::pin(self.connect_h1()).await {
-            Ok(s) => s,
-            Err(error) => {
-                return Err(SendError {
-                    error,
-                    request: Some(req),
-                })
-            }
-        };
-        let response = sender.send_request(req).await.map_err(http)?;
-        let give_back = Some(PoolReturn {
-            idle: self.idle.clone(),
-            sender,
-        });
-        Ok(Sent {
-            response,
-            give_back,
-        })
+    }
+
+    async fn connect_h1(&self) -> Result<Box<h1::Conn>, UpstreamError> {
+        Ok(h1::Conn::new(
+            sockopt::connect(self.addr, self.connect).await?,
+        ))
     }
 
     async fn h2_sender(&self) -> Result<http2::SendRequest<Incoming>, UpstreamError> {
@@ -284,7 +285,11 @@ impl Pool {
         }
     }
 
-    async fn send_h2(&self, mut req: Request<Incoming>) -> Result<Sent, SendError> {
+    /// Sends `req` over the endpoint's HTTP/2 connection (opened when there is none).
+    pub async fn send_h2(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendError> {
         let mut retried = false;
         loop {
             let mut sender = match self.h2_sender().await {
@@ -297,12 +302,7 @@ impl Pool {
                 }
             };
             match sender.try_send_request(req).await {
-                Ok(response) => {
-                    return Ok(Sent {
-                        response,
-                        give_back: None,
-                    })
-                }
+                Ok(response) => return Ok(response),
                 Err(mut e) => match e.take_message() {
                     Some(back) if !retried => {
                         self.forget_h2();
@@ -319,5 +319,34 @@ impl Pool {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn checkouts_take_the_newest_idle_connection_and_sweep_the_oldest() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::new(listener.local_addr().unwrap(), ConnectOptions::default());
+        let mut servers = Vec::new();
+        for _ in 0..3 {
+            let conn = pool.connect_h1().await.unwrap();
+            servers.push(listener.accept().await.unwrap().0);
+            PoolReturn {
+                idle: pool.idle.clone(),
+            }
+            .give_back(conn);
+        }
+        // The upstream closes the oldest idle connection; the reactor sees it.
+        drop(servers.remove(0));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let newest = pool.checkout().unwrap();
+        // The first checkout swept the closed one: one idle connection is left.
+        assert_eq!(pool.idle(), 1);
+        drop(newest);
+        assert!(pool.checkout().is_some());
+        assert!(pool.checkout().is_none());
     }
 }

@@ -6,7 +6,8 @@
 //! 3. [`route::RouteLayer`] — which service (or direct address) the request is for;
 //! 4. *(next issue: rate limit, circuit breaker, retries, timeouts slot in here)*;
 //! 5. [`balance::BalanceLayer`] — which endpoint of the service, per request;
-//! 6. [`upstream::Upstream`] — pooled connection to the endpoint (mTLS will wrap its connect).
+//! 6. [`upstream::Upstream`] — pooled connection to the endpoint (mTLS will wrap its connect);
+//!    HTTP/1.1 exchanges are driven in the request's own task by [`h1`].
 //!
 //! Inbound uses the same stack with a fixed destination (the application on localhost).
 //! Errors never leave the stack: each layer answers with an HTTP error response (502, 503)
@@ -42,6 +43,7 @@ use crate::snapshot::SnapshotStore;
 
 pub mod balance;
 pub mod body;
+pub mod h1;
 pub mod observe;
 pub mod route;
 pub mod timer;

@@ -1,12 +1,15 @@
 //! The innermost service: sends a request to its [`Picked`](super::balance::Picked) endpoint over the endpoint's
 //! connection pool, in the connection's HTTP version, and wraps the response body so the
-//! endpoint's in-flight count and the pooled connection are released when it ends.
+//! endpoint's in-flight count (and, in HTTP/1.1, the pooled connection) is released when it
+//! ends.
 //!
-//! Hop-by-hop headers are removed on HTTP/1.1 (RFC 9110 §7.6.1), except on upgrades
-//! (websocket), which get a dedicated upstream connection; after `101 Switching Protocols`
-//! both upgraded connections are spliced together.
+//! Hop-by-hop headers are removed on HTTP/1.1 (RFC 9110 §7.6.1; by [`super::h1`] as it writes
+//! and parses heads), except on upgrades (websocket, `CONNECT`), which get a dedicated
+//! upstream connection through hyper's client; after `101 Switching Protocols` (or a `2xx`
+//! to `CONNECT`) both upgraded connections are spliced together.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
@@ -15,9 +18,11 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tower::Service;
 
+use super::balance::Picked;
 use super::observe::Routed;
-use super::{error_response, ProxyBody, ProxyRequest, ProxyResponse, ResponseFuture};
-use crate::pool::{SendError, Version};
+use super::{error_response, h1, ProxyBody, ProxyRequest, ProxyResponse, ResponseFuture};
+use crate::balance::{Endpoint, InFlight};
+use crate::pool::{SendError, UpstreamError, Version};
 
 /// Other endpoints tried when the picked one cannot be connected to.
 const REPICKS: usize = 2;
@@ -52,7 +57,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// The index of `name` in [`HOP_BY_HOP`]; `name` is lowercase, as a `HeaderName` always is.
-fn hop_by_hop_index(name: &[u8]) -> Option<u32> {
+pub(crate) fn hop_by_hop_index(name: &[u8]) -> Option<u32> {
     match name {
         b"connection" => Some(0),
         b"upgrade" => Some(1),
@@ -139,9 +144,7 @@ impl Service<ProxyRequest> for Upstream {
     fn call(&mut self, req: ProxyRequest) -> ResponseFuture {
         let version = self.version;
         let ProxyRequest {
-            http: mut req,
-            picked,
-            ..
+            http: req, picked, ..
         } = req;
         let Some(picked) = picked else {
             let resp = error_response(
@@ -153,97 +156,157 @@ impl Service<ProxyRequest> for Upstream {
                 Routed::default(),
             ))));
         };
-        let upgrade = version == Version::Http1 && is_upgrade(req.headers());
+        let upgrade = version == Version::Http1
+            && (req.method() == hyper::Method::CONNECT || is_upgrade(req.headers()));
+        // One future per kind, each boxed at its own size: the HTTP/1.1 one, which every
+        // plain request allocates, holds the request once and stays within the allocator's
+        // per-thread cache.
         if version == Version::Http1 && !upgrade {
-            strip_hop_by_hop(req.headers_mut());
+            Box::pin(forward_h1(picked, h1::Outgoing::new(req)))
+        } else {
+            Box::pin(forward(picked, req, upgrade))
         }
-        Box::pin(async move {
-            let mut endpoint = picked.endpoint.clone();
-            let mut attempts = 0;
-            let (result, in_flight) = loop {
-                let in_flight = endpoint.start();
-                let result = if upgrade {
-                    // Boxed, as the connects in the pool: connecting is a large future and
-                    // rare, and the future every request allocates and moves is a third
-                    // smaller without it (2.3 -> 1.5 KB).
-                    Box::pin(send_upgrade(&endpoint, req))
-                        .await
-                        .map_err(SendError::from)
-                } else {
-                    endpoint
-                        .pool
-                        .send(req, version)
-                        .await
-                        .map(|sent| (sent.response, sent.give_back))
-                };
-                match result {
-                    // Not sent (no connection): another endpoint of the service may answer.
-                    Err(SendError {
-                        error,
-                        request: Some(back),
-                    }) if attempts < REPICKS && picked.balancer.is_some() => {
-                        attempts += 1;
-                        endpoint.observe(FAILURE_PENALTY);
-                        endpoint.metrics.failure();
-                        tracing::debug!(peer = %endpoint.addr(), %error, "endpoint unreachable; picking another");
-                        let next = picked.balancer.as_ref().and_then(|b| b.pick(picked.key));
-                        match next {
-                            Some(next) => {
-                                next.metrics.request();
-                                endpoint = next;
-                                req = back;
-                            }
-                            None => break (Err(error), in_flight),
-                        }
-                    }
-                    Err(e) => break (Err(e.error), in_flight),
-                    Ok(ok) => break (Ok(ok), in_flight),
-                }
-            };
-            let routed = Routed {
-                service: picked.service,
-                peer: Some(endpoint.metrics.clone()),
-                ..Routed::default()
-            };
-            let resp = match result {
-                Ok((resp, give_back)) => {
-                    endpoint.observe_since(in_flight.started());
-                    let (mut parts, body) = resp.into_parts();
-                    if version == Version::Http1 && parts.status != StatusCode::SWITCHING_PROTOCOLS
-                    {
-                        strip_hop_by_hop(&mut parts.headers);
-                    }
-                    Response::from_parts(
-                        parts,
-                        ProxyBody::upstream(body, Some(in_flight), give_back),
-                    )
-                }
-                Err(e) => {
-                    // A failure counts as a slow answer, so P2C steers away from the endpoint.
-                    endpoint.observe(in_flight.started().elapsed().max(FAILURE_PENALTY));
-                    endpoint.metrics.failure();
-                    if let Some(s) = &routed.service {
-                        s.failure();
-                    }
-                    tracing::debug!(peer = %endpoint.addr(), error = %e, "upstream request failed");
-                    error_response(StatusCode::BAD_GATEWAY, &e.to_string())
-                }
-            };
-            Ok(ProxyResponse::new(resp, routed))
-        })
     }
 }
 
-type Upgraded = (Response<Incoming>, Option<crate::pool::PoolReturn>);
+/// A plain HTTP/1.1 request, over the endpoint's pool (see [`h1`]).
+async fn forward_h1(picked: Picked, mut req: h1::Outgoing) -> Result<ProxyResponse, Infallible> {
+    let mut endpoint = picked.endpoint.clone();
+    let mut attempts = 0;
+    loop {
+        let in_flight = endpoint.start();
+        let error = match endpoint.pool.send_h1(&mut req).await {
+            Ok(resp) => {
+                return Ok(answer(
+                    picked,
+                    endpoint,
+                    in_flight,
+                    Ok(resp.map(ProxyBody::h1)),
+                ))
+            }
+            Err(e) => e,
+        };
+        // Not sent (no connection): another endpoint of the service may answer.
+        if error.request.is_none() || !repick(&picked, &mut endpoint, &mut attempts, &error.error) {
+            return Ok(answer(picked, endpoint, in_flight, Err(error.error)));
+        }
+    }
+}
 
+/// An HTTP/2 request (over the endpoint's shared connection) or an upgrade (over one of its
+/// own).
+async fn forward(
+    picked: Picked,
+    mut req: Request<Incoming>,
+    upgrade: bool,
+) -> Result<ProxyResponse, Infallible> {
+    let mut endpoint = picked.endpoint.clone();
+    let mut attempts = 0;
+    loop {
+        let in_flight = endpoint.start();
+        let result = if upgrade {
+            // Boxed, as the connects in the pool: connecting is a large future and rare.
+            Box::pin(send_upgrade(&endpoint, req))
+                .await
+                .map_err(SendError::from)
+        } else {
+            endpoint
+                .pool
+                .send_h2(req)
+                .await
+                .map(|r| r.map(ProxyBody::upstream))
+        };
+        match result {
+            Ok(resp) => return Ok(answer(picked, endpoint, in_flight, Ok(resp))),
+            Err(SendError {
+                error,
+                request: Some(back),
+            }) => {
+                // Not sent (no connection): another endpoint of the service may answer.
+                if !repick(&picked, &mut endpoint, &mut attempts, &error) {
+                    return Ok(answer(picked, endpoint, in_flight, Err(error)));
+                }
+                req = back;
+            }
+            Err(e) => return Ok(answer(picked, endpoint, in_flight, Err(e.error))),
+        }
+    }
+}
+
+/// After `endpoint` could not be connected to: charges it the failure and picks another
+/// endpoint of the service (at most [`REPICKS`] times). False when there is none to try.
+fn repick(
+    picked: &Picked,
+    endpoint: &mut Arc<Endpoint>,
+    attempts: &mut usize,
+    error: &UpstreamError,
+) -> bool {
+    let Some(balancer) = picked.balancer.as_ref().filter(|_| *attempts < REPICKS) else {
+        return false;
+    };
+    *attempts += 1;
+    endpoint.observe(FAILURE_PENALTY);
+    endpoint.metrics.failure();
+    tracing::debug!(peer = %endpoint.addr(), %error, "endpoint unreachable; picking another");
+    match balancer.pick(picked.key) {
+        Some(next) => {
+            next.metrics.request();
+            *endpoint = next;
+            true
+        }
+        None => false,
+    }
+}
+
+/// The response to pass up, counted in the endpoint's (and service's) series: the upstream's,
+/// holding the endpoint's in-flight count until its body ends, or a 502.
+fn answer(
+    picked: Picked,
+    endpoint: Arc<Endpoint>,
+    in_flight: InFlight,
+    result: Result<Response<ProxyBody>, UpstreamError>,
+) -> ProxyResponse {
+    let routed = Routed {
+        service: picked.service,
+        peer: Some(endpoint.metrics.clone()),
+        ..Routed::default()
+    };
+    let resp = match result {
+        Ok(mut resp) => {
+            endpoint.observe_since(in_flight.started());
+            resp.body_mut().set_in_flight(in_flight);
+            resp
+        }
+        Err(e) => {
+            // A failure counts as a slow answer, so P2C steers away from the endpoint.
+            endpoint.observe(in_flight.started().elapsed().max(FAILURE_PENALTY));
+            endpoint.metrics.failure();
+            if let Some(s) = &routed.service {
+                s.failure();
+            }
+            tracing::debug!(peer = %endpoint.addr(), error = %e, "upstream request failed");
+            error_response(StatusCode::BAD_GATEWAY, &e.to_string())
+        }
+    };
+    ProxyResponse::new(resp, routed)
+}
+
+/// Sends an upgrade (or `CONNECT`) over a connection of its own and, when the upstream
+/// agrees, splices the two upgraded connections together.
 async fn send_upgrade(
     endpoint: &crate::balance::Endpoint,
     mut req: Request<Incoming>,
-) -> Result<Upgraded, crate::pool::UpstreamError> {
+) -> Result<Response<ProxyBody>, crate::pool::UpstreamError> {
+    let connect = req.method() == hyper::Method::CONNECT;
     let client_upgrade = hyper::upgrade::on(&mut req);
     let mut resp = endpoint.pool.send_unpooled(req).await?;
+    let upgraded =
+        resp.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && resp.status().is_success());
+    if !upgraded {
+        strip_hop_by_hop(resp.headers_mut());
+    }
     // The upgrade response keeps its Connection/Upgrade headers.
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+    if upgraded {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
             let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
@@ -254,7 +317,7 @@ async fn send_upgrade(
             let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
         });
     }
-    Ok((resp, None))
+    Ok(resp.map(ProxyBody::upstream))
 }
 
 #[cfg(test)]
