@@ -158,11 +158,9 @@ async fn handle(mut stream: TcpStream, client: SocketAddr, shared: &ProxyShared,
         Plan::Http2 => (Detected::Http2, Default::default()),
         Plan::Opaque => (Detected::Opaque, Default::default()),
         Plan::Http => {
-            match detect::detect(&mut stream, shared.http.limits.header_read_timeout).await {
-                Ok((Detected::Http2, p)) => (Detected::Http2, p),
-                // Known HTTP: hyper answers whatever this is with a 400.
-                Ok((_, p)) => (Detected::Http1, p),
-                Err(_) => return,
+            match http_port_start(&mut stream, shared.http.limits.header_read_timeout).await {
+                Some(started) => started,
+                None => return,
             }
         }
         Plan::Detect => match detect::detect(&mut stream, shared.detect_timeout).await {
@@ -188,6 +186,23 @@ async fn handle(mut stream: TcpStream, client: SocketAddr, shared: &ProxyShared,
         version,
     };
     http::serve(io, ctx, &shared.http, drain).await;
+}
+
+/// The first bytes on an `http`-hinted port, read for at most the header-read timeout: HTTP/2
+/// (prior knowledge) or HTTP/1 — anything else is HTTP/1 too, for hyper to answer with a 400.
+/// `None` when not a byte came in time, the client closed at once, or the read failed: the
+/// wait for a request head is over then, and handing the connection to the HTTP server would
+/// start the same wait again (a silent client held for twice the timeout).
+async fn http_port_start<R: tokio::io::AsyncRead + Unpin>(
+    io: &mut R,
+    header_read_timeout: Duration,
+) -> Option<(Detected, bytes::Bytes)> {
+    match detect::detect(io, header_read_timeout).await {
+        Ok((Detected::Http2, p)) => Some((Detected::Http2, p)),
+        Ok((_, p)) if p.is_empty() => None,
+        Ok((_, p)) => Some((Detected::Http1, p)),
+        Err(_) => None,
+    }
 }
 
 async fn opaque(
@@ -233,6 +248,30 @@ async fn opaque(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn an_http_port_waits_for_the_first_bytes_once() {
+        let wait = Duration::from_millis(50);
+        // Silent past the timeout, or closed at once: over, not handed to the HTTP server.
+        let (mut silent, _client) = tokio::io::duplex(64);
+        assert!(http_port_start(&mut silent, wait).await.is_none());
+        let (mut closed, client) = tokio::io::duplex(64);
+        drop(client);
+        assert!(http_port_start(&mut closed, wait).await.is_none());
+        // HTTP/1, HTTP/2 prior knowledge, and bytes that are neither (hyper refuses them).
+        for (sent, want) in [
+            (&b"GET / HTTP/1.1\r\n"[..], Detected::Http1),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Detected::Http2),
+            (b"\x00\x01garbage", Detected::Http1),
+        ] {
+            let (mut server, mut client) = tokio::io::duplex(64);
+            client.write_all(sent).await.unwrap();
+            let (got, prefix) = http_port_start(&mut server, wait).await.unwrap();
+            assert_eq!(got, want, "{sent:?}");
+            assert_eq!(&prefix[..], sent);
+        }
+    }
 
     #[test]
     fn hints_http_and_grpc_skip_detection_tcp_is_detected() {
