@@ -82,8 +82,24 @@ async fn http1_keepalive_connection_is_balanced_per_request() {
         ),
         "{metrics}"
     );
+    // The connection itself, in the TCP series: opened once, open now, closed when dropped.
+    let conn = "direction=\"outbound\",service=\"-\",protocol=\"http\"";
+    for (series, want) in [
+        ("netd_tcp_connections_opened_total", 1),
+        ("netd_tcp_connections_open", 1),
+    ] {
+        assert!(
+            metrics.contains(&format!("{series}{{{conn}}} {want}\n")),
+            "{metrics}"
+        );
+    }
     drop(client);
     assert_eq!(settle(&running).await, 0);
+    let (_, metrics) = admin_get(&running, "/metrics").await;
+    assert!(
+        metrics.contains(&format!("netd_tcp_connections_open{{{conn}}} 0\n")),
+        "{metrics}"
+    );
     running.shutdown().await;
 }
 

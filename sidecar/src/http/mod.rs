@@ -256,6 +256,17 @@ pub async fn serve<I>(io: I, ctx: ConnContext, shared: &HttpShared, mut drain: D
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The connection in the TCP series (`protocol` http or h2): opened, open now. Its service
+    // is the one its destination names; requests on it may go to others (counted per request).
+    let service = match &ctx.target {
+        route::Target::Service(s) | route::Target::Local { service: s, .. } => s,
+        route::Target::Direct(_) | route::Target::ByAuthority { .. } => "-",
+    };
+    let protocol = match ctx.version {
+        Version::Http1 => "http",
+        Version::Http2 => "h2",
+    };
+    let _open = shared.metrics.tcp(ctx.direction, service, protocol).open();
     let ctx = Arc::new(ctx);
     let unrouted: Arc<HttpMetrics> = shared.metrics.http_service(ctx.direction, "-");
     let stack = ServiceBuilder::new()
