@@ -218,11 +218,12 @@ const ALIAS_PREFIX: &str = "netd-cni:";
 
 /// The alias of an attachment's host veth, `netd-cni:<network>/<container id>/<ifname>`: it
 /// names the owner so that GC can recognise the interface even when its record is lost (the
-/// name is a hash). None of the three may contain `/`; an alias too long for the kernel's
-/// 255 bytes is not set.
+/// name is a hash). None of the three may contain `/`; an alias too long for the kernel is
+/// not set (`IFALIASZ` is 256 counting the attribute's NUL: 254 characters at most — with 255,
+/// attaching the port would fail).
 pub fn veth_alias(network: &str, container_id: &str, ifname: &str) -> Option<String> {
     let alias = format!("{ALIAS_PREFIX}{network}/{container_id}/{ifname}");
-    (alias.len() < 256
+    (alias.len() <= 254
         && ![network, container_id, ifname]
             .iter()
             .any(|p| p.contains('/')))

@@ -261,6 +261,37 @@ fn veth_peer_is_created_directly_in_the_other_namespace() {
     assert!(c.link_by_index(eth0.index).unwrap().is_none());
 }
 
+/// The alias goes with the attach request, and the bound `state::veth_alias` keeps to is the
+/// kernel's (the attribute carries a NUL: at most 254 characters).
+#[test]
+fn attach_port_sets_an_alias_up_to_the_kernels_limit() {
+    let t = TestNs::new();
+    let other = TestNs::new();
+    let mut nl = t.netlink();
+    let (br, _) = nl.ensure_bridge("br0", None, false).unwrap();
+    let veth = nl
+        .create_veth("port0", "eth0", &other.ns, None, None)
+        .unwrap();
+    let longest = format!("netd-cni:n/{}/eth0", "c".repeat(254 - 16));
+    assert_eq!(longest.len(), 254);
+    assert!(nl
+        .attach_port(veth.index, br.index, Some(&"x".repeat(255)))
+        .is_err());
+    nl.attach_port(veth.index, br.index, Some(&longest))
+        .unwrap();
+    let port = nl.link_by_index(veth.index).unwrap().unwrap();
+    assert_eq!(port.master, Some(br.index));
+    assert_eq!(port.alias.as_deref(), Some(longest.as_str()));
+    assert_eq!(
+        crate::state::veth_alias("n", &"c".repeat(254 - 16), "eth0").as_deref(),
+        Some(longest.as_str())
+    );
+    assert_eq!(
+        crate::state::veth_alias("n", &"c".repeat(255 - 16), "eth0"),
+        None
+    );
+}
+
 #[test]
 fn port_joins_bridge_with_hairpin_isolated_and_promisc() {
     let t = TestNs::new();
