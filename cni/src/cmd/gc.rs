@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::ipam::Owner;
 use crate::link::Netlink;
 use crate::nat::{AttachmentSpec, NatError, Nft};
-use crate::state::parse_veth_alias;
+use crate::state::{parse_veth_alias, Attachment};
 
 /// Runs GC.
 pub fn run(ctx: &Ctx) -> Result<(), Error> {
@@ -18,19 +18,23 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
     let valid_set: HashSet<&Owner> = valid.iter().collect();
     let _lock = ctx.dir.lock()?;
 
-    // Recorded attachments (complete or killed mid-ADD).
-    for att in ctx.dir.all()? {
-        if !valid_set.contains(&att.owner()) {
-            super::del::teardown(ctx, &att, super::del::Scope::Everything)?;
-            crate::report::detached(
-                &crate::report::socket_path(),
-                &att.container_id,
-                &att.ifname,
-            );
-        }
+    // Recorded attachments (complete or killed mid-ADD): the valid ones are kept, the rest
+    // torn down. The records read here are the only ones under the lock.
+    let (kept, stale): (Vec<_>, Vec<_>) = ctx
+        .dir
+        .all()?
+        .into_iter()
+        .partition(|att| valid_set.contains(&att.owner()));
+    for att in stale {
+        super::del::teardown(ctx, &att, super::del::Scope::Everything)?;
+        crate::report::detached(
+            &crate::report::socket_path(),
+            &att.container_id,
+            &att.ifname,
+        );
     }
 
-    remove_unrecorded_veths(ctx, &valid_set)?;
+    remove_unrecorded_veths(ctx, &valid_set, &kept)?;
 
     // Allocations without a record.
     if let Some(alloc) = ctx.builtin_ipam()? {
@@ -46,7 +50,7 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
         Err(NatError::Unavailable { .. }) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let live: HashSet<std::net::IpAddr> = ctx.dir.all()?.iter().flat_map(|a| a.addrs()).collect();
+    let live: HashSet<std::net::IpAddr> = kept.iter().flat_map(|a| a.addrs()).collect();
     let net = ctx.network_spec(&[]);
     let stale: Vec<_> = nft
         .port_mappings()?
@@ -70,7 +74,11 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
 /// this network and an attachment outside `valid` (their state was lost, e.g. a wiped
 /// `dataDir`). Ports without our alias, or naming another network that shares the bridge, are
 /// not ours to judge.
-fn remove_unrecorded_veths(ctx: &Ctx, valid: &HashSet<&Owner>) -> Result<(), Error> {
+fn remove_unrecorded_veths(
+    ctx: &Ctx,
+    valid: &HashSet<&Owner>,
+    kept: &[Attachment],
+) -> Result<(), Error> {
     let mut host = Netlink::open()?;
     let bridge = host
         .link_by_name(ctx.conf.bridge_name())?
@@ -78,9 +86,9 @@ fn remove_unrecorded_veths(ctx: &Ctx, valid: &HashSet<&Owner>) -> Result<(), Err
     let Some(bridge) = bridge else {
         return Ok(());
     };
-    let recorded: HashSet<String> = ctx.dir.all()?.into_iter().map(|a| a.host_veth).collect();
+    let recorded: HashSet<&str> = kept.iter().map(|a| a.host_veth.as_str()).collect();
     for port in host.ports(bridge.index)? {
-        if port.kind.as_deref() != Some("veth") || recorded.contains(&port.name) {
+        if port.kind.as_deref() != Some("veth") || recorded.contains(port.name.as_str()) {
             continue;
         }
         let Some((network, container_id, ifname)) =
