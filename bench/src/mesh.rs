@@ -2,7 +2,8 @@
 //! netd-sidecar → server) against the same client and server directly and through two nginx
 //! and two HAProxy hops, side by side in one run, on loopback.
 //!
-//! Topology (every address on 127.0.0.1, nothing redirected, no namespaces):
+//! Topology (every address on 127.0.0.1, nothing redirected, no namespaces; the scratch
+//! directory's `links/` for the node-local link):
 //!
 //! - **origin**: one nginx process answering `200 hello from netd-bench` to everything
 //!   (`return 200`), the same process for every path;
@@ -10,7 +11,9 @@
 //! - **netd**: load → sidecar A (outbound listener; `Host: hello` names service
 //!   `default/hello`, whose one endpoint is sidecar B's inbound listener) → sidecar B
 //!   (inbound listener, `--inbound-target` the origin) → origin. Both from `--snapshot` files,
-//!   default single worker;
+//!   default single worker; A reaches B over a node-local link (`--local-links`: a unix
+//!   stream, as netd runs two sidecars of one node);
+//! - **netd-tcp**: the same over TCP between A and B (as between nodes);
 //! - **nginx**: load → nginx → nginx → origin, each hop one process (`master_process off`,
 //!   one worker) with a keep-alive upstream pool (`keepalive 64`, HTTP/1.1);
 //! - **haproxy**: load → HAProxy → HAProxy → origin, each `nbthread 1`, `mode http`,
@@ -62,7 +65,9 @@ options:
   --rate-duration SECS  open-loop run per path                     (default 10)
   --quick               smoke run: 2 s and 2 s per path (explicit flags still win)
   --json PATH           also write every figure as JSON to PATH
-  --paths LIST          which paths: direct,netd,nginx,haproxy     (default all four)
+  --paths LIST          which paths: direct,netd,netd-tcp,nginx,haproxy (default all;
+                        netd: the sidecars' middle hop over a node-local link,
+                        netd-tcp: over TCP)
   --sidecar PATH        netd-sidecar binary (default: next to this binary, then
                         target/release/netd-sidecar)
 ";
@@ -81,8 +86,12 @@ const WARMUP_SECS: u64 = 1;
 pub enum MeshPath {
     /// Load → origin.
     Direct,
-    /// Two netd-sidecar hops.
+    /// Two netd-sidecar hops, as netd runs two sidecars of one node: the hop between them
+    /// is a node-local link (unix stream, `--local-links`).
     Netd,
+    /// Two netd-sidecar hops over TCP, as between sidecars of different nodes (or with
+    /// `netd up --no-local-links`).
+    NetdTcp,
     /// Two nginx hops.
     Nginx,
     /// Two HAProxy hops.
@@ -95,20 +104,27 @@ impl MeshPath {
         match self {
             MeshPath::Direct => "direct",
             MeshPath::Netd => "netd",
+            MeshPath::NetdTcp => "netd-tcp",
             MeshPath::Nginx => "nginx",
             MeshPath::Haproxy => "haproxy",
         }
+    }
+
+    /// Either netd path.
+    pub fn is_netd(self) -> bool {
+        matches!(self, MeshPath::Netd | MeshPath::NetdTcp)
     }
 
     fn parse(s: &str) -> Result<MeshPath, String> {
         Ok(match s.trim() {
             "direct" => MeshPath::Direct,
             "netd" | "sidecar" | "netd-sidecar" => MeshPath::Netd,
+            "netd-tcp" => MeshPath::NetdTcp,
             "nginx" => MeshPath::Nginx,
             "haproxy" => MeshPath::Haproxy,
             other => {
                 return Err(format!(
-                    "--paths: unknown path {other:?} (direct, netd, nginx, haproxy)"
+                    "--paths: unknown path {other:?} (direct, netd, netd-tcp, nginx, haproxy)"
                 ))
             }
         })
@@ -158,6 +174,7 @@ impl Options {
             paths: vec![
                 MeshPath::Direct,
                 MeshPath::Netd,
+                MeshPath::NetdTcp,
                 MeshPath::Nginx,
                 MeshPath::Haproxy,
             ],
@@ -277,7 +294,7 @@ fn find_tools(opts: &Options) -> Result<Tools, String> {
         } else {
             None
         },
-        sidecar: if opts.paths.contains(&MeshPath::Netd) {
+        sidecar: if opts.paths.iter().any(|p| p.is_netd()) {
             Some(find_sidecar(opts.sidecar.as_deref())?)
         } else {
             None
@@ -555,7 +572,7 @@ fn start_hop(
                 vec!["-db".into(), "-f".into(), conf.display().to_string()],
             )
         }
-        MeshPath::Netd => {
+        MeshPath::Netd | MeshPath::NetdTcp => {
             let snap = dir.join(format!("{name}.json"));
             let (data, outbound, inbound, target) = if hop == 1 {
                 (
@@ -588,6 +605,16 @@ fn start_hop(
             if let Some(t) = target {
                 args.extend(["--inbound-target".into(), t.to_string()]);
             }
+            if path == MeshPath::Netd {
+                // Hop 2 holds 127.0.0.1 on the links: hop 1's connection to hop 2's inbound
+                // listener goes over `links/127.0.0.1.sock`.
+                let links = dir.join("links");
+                std::fs::create_dir_all(&links).map_err(|e| format!("{}: {e}", links.display()))?;
+                args.extend(["--local-links".into(), links.display().to_string()]);
+                if hop == 2 {
+                    args.extend(["--local-addr".into(), "127.0.0.1".into()]);
+                }
+            }
             let program = tools.sidecar.as_deref().ok_or("netd-sidecar not found")?;
             (program, args)
         }
@@ -598,7 +625,8 @@ fn start_hop(
     let report = HopReport {
         name,
         startup_ms: Some(startup.as_secs_f64() * 1e3),
-        self_ready_ms: (path == MeshPath::Netd)
+        self_ready_ms: path
+            .is_netd()
             .then(|| sidecar_ready_us(&p.log))
             .flatten()
             .map(|us| us as f64 / 1e3),
@@ -1013,6 +1041,18 @@ fn goals(reports: &[PathReport]) -> String {
                 verdict(x >= 1.2)
             );
         }
+        let tcp_rate = get(MeshPath::NetdTcp).and_then(|t| {
+            ratio(
+                t.wrk.as_ref().map(WrkSummary::rate),
+                nginx.wrk.as_ref().map(WrkSummary::rate),
+            )
+        });
+        if let Some(x) = tcp_rate {
+            let _ = writeln!(
+                out,
+                "    (netd-tcp, sidecars over TCP as across nodes: {x:.2}x nginx)"
+            );
+        }
         let p99 = ratio(
             netd.wrk.as_ref().map(|w| w.p99_us),
             nginx.wrk.as_ref().map(|w| w.p99_us),
@@ -1193,7 +1233,10 @@ mod tests {
         let parse = |s: &str| Options::parse(s.split_whitespace().map(String::from));
         let o = parse("").unwrap();
         assert_eq!((o.duration.as_secs(), o.conns, o.rate), (10, 50, 5000));
-        assert_eq!(o.paths.len(), 4);
+        assert_eq!(o.paths.len(), 5);
+        let o = parse("--paths netd-tcp,netd").unwrap();
+        assert_eq!(o.paths, vec![MeshPath::NetdTcp, MeshPath::Netd]);
+        assert!(o.paths.iter().all(|p| p.is_netd()));
         let o = parse("--quick --duration 3 --paths netd,nginx,netd").unwrap();
         assert!(o.quick);
         assert_eq!((o.duration.as_secs(), o.rate_duration.as_secs()), (3, 2));

@@ -302,9 +302,11 @@ fn meshed_attachment_gets_a_sidecar_in_its_namespace_until_del() {
         let starts = stand_in.starts();
         let (_, args) = starts.iter().find(|(p, _)| *p == pid).expect("logged start");
         let want = format!(
-            "--socket {} --container-id c1 --netns {} --outbound 127.0.0.1:15001 --inbound 0.0.0.0:15006 --admin 127.0.0.1:15000 --dns 127.0.0.1:15053 --mark 0x4e44 --drain-timeout 1s",
+            "--socket {} --container-id c1 --netns {} --outbound 127.0.0.1:15001 --inbound 0.0.0.0:15006 --admin 127.0.0.1:15000 --dns 127.0.0.1:15053 --mark 0x4e44 --drain-timeout 1s \
+             --local-links {} --local-addr 10.123.0.5",
             d.socket.display(),
-            ctr.path()
+            ctr.path(),
+            d.socket.with_file_name("links").join("meshed").display()
         );
         assert_eq!(args, &want);
         // The rules, for the container's address.

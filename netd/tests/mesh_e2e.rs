@@ -116,6 +116,8 @@ struct Lab {
     /// The stand-in upstream DNS server, in the host namespace.
     upstream: SocketAddr,
     host: NamedNetNs,
+    /// Extra `netd up` arguments (every start).
+    up_args: Vec<String>,
     // Last: removed after the processes are gone.
     dir: TempDir,
 }
@@ -155,6 +157,11 @@ impl Lab {
 
     /// A lab whose replicas serve `hello` and `extra` (`hello`'s servers started).
     fn with(extra: &[Svc]) -> Lab {
+        Lab::build(extra, &[])
+    }
+
+    /// [`Lab::with`], netd started with `up_args` too.
+    fn build(extra: &[Svc], up_args: &[&str]) -> Lab {
         let tag = unique("m");
         let sidecar = binary("netd-sidecar", "NETD_SIDECAR_BIN");
         let cni = binary("netd-cni", "NETD_CNI_BIN");
@@ -176,6 +183,7 @@ impl Lab {
             stop_servers,
             upstream,
             host,
+            up_args: up_args.iter().map(ToString::to_string).collect(),
             dir,
         };
         lab.start_netd();
@@ -255,6 +263,7 @@ impl Lab {
             .arg("--sidecar-bin")
             .arg(&self.sidecar)
             .args(["--sidecar-drain-timeout", "1"])
+            .args(&self.up_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -677,6 +686,68 @@ fn unmodified_client_is_balanced_per_request_through_both_sidecars() {
         inbound >= 2,
         "hello-1's sidecar saw {inbound} TCP connections"
     );
+
+    // One node: the sidecars reached each other over node-local links (unix streams in
+    // netd's links directory), not over TCP through the bridge — the HTTP connections to
+    // both replicas and both echo connections (IPv4 and IPv6); hello-1 took every link it
+    // was offered.
+    let link = |name: &str, dir: &str, result: &str| {
+        metric(
+            &lab.metrics(name),
+            "netd_local_link_connections_total",
+            &[
+                &format!("direction=\"{dir}\""),
+                &format!("result=\"{result}\""),
+            ],
+        )
+    };
+    let opened = link("client", "outbound", "opened");
+    assert!(opened >= 4, "the client's sidecar opened {opened} links");
+    let accepted = link("hello-1", "inbound", "accepted");
+    assert!(accepted >= 3, "hello-1's sidecar accepted {accepted} links");
+    assert_eq!(link("hello-1", "inbound", "refused"), 0);
+    let links = lab.dir.0.join("links").join("m");
+    for c in &lab.ctrs {
+        for ip in [IpAddr::V4(c.ip), IpAddr::V6(c.ip6)] {
+            assert!(
+                links.join(format!("{ip}.sock")).exists(),
+                "no link socket for {} ({ip}) in {}",
+                c.name,
+                links.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn with_local_links_off_sidecars_on_one_node_talk_tcp() {
+    let lab = Lab::build(&[], &["--no-local-links"]);
+    let vip = hello_vip(&lab);
+    let mut seen = BTreeMap::new();
+    let both = wait_until(WAIT, || {
+        let t = lab.ctr("client").run(|| requests(vip, 20));
+        assert_eq!(t.failed, 0, "failed requests");
+        seen = t.answers;
+        seen.len() == 2
+    });
+    assert!(
+        both,
+        "not balanced over both replicas: {seen:?}\n{}",
+        lab.log()
+    );
+    for r in ["hello-1", "hello-2"] {
+        lab.assert_counted(
+            r,
+            "netd_http_requests_total",
+            &["direction=\"inbound\"", "service=\"default/hello\""],
+            1,
+        );
+        assert!(
+            !lab.metrics(r).contains("netd_local_link"),
+            "{r}'s sidecar has links on"
+        );
+    }
+    assert!(!lab.dir.0.join("links").exists());
 }
 
 #[test]

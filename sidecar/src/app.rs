@@ -17,6 +17,7 @@ use crate::balance::{Directory, DirectoryOptions};
 use crate::drain::{self, DrainSignal};
 use crate::http::{HttpLimits, HttpShared};
 use crate::listen::{self, BindError};
+use crate::local::{self, LinkDir, LinkStats, LocalConfig, LocalLinks};
 use crate::metrics::{Direction, Metrics};
 use crate::proxy::{self, ProxyShared};
 use crate::snapshot::{self, SnapshotData, SnapshotStore};
@@ -66,6 +67,8 @@ pub struct Config {
     pub inbound_target: Option<SocketAddr>,
     /// HTTP server limits.
     pub limits: HttpLimits,
+    /// Node-local links (see [`crate::local`]); `None`: off.
+    pub local: Option<LocalConfig>,
 }
 
 impl Config {
@@ -89,6 +92,7 @@ impl Config {
             default_target: None,
             inbound_target: None,
             limits: HttpLimits::default(),
+            local: None,
         }
     }
 }
@@ -105,6 +109,14 @@ pub enum StartError {
     /// The DNS server could not start.
     #[error(transparent)]
     Dns(#[from] netd_dns::ServerError),
+    /// The node-local link directory could not be opened, or a socket bound in it.
+    #[error("node-local links: {path}: {source}")]
+    Link {
+        /// The socket path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
 /// Addresses actually bound (ports resolved).
@@ -243,9 +255,41 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         companions,
     };
 
+    // Node-local links: the outbound side tries them before TCP; the inbound side listens
+    // for this container's addresses (only when there is an inbound listener to stand for).
+    let mut link_sockets = Vec::new();
+    let links: Option<&'static LocalLinks> = match &config.local {
+        Some(lc) => {
+            let stats = Arc::new(LinkStats::default());
+            metrics.set_links(stats.clone());
+            let dir = LinkDir::open(&lc.dir).map_err(|source| StartError::Link {
+                path: lc.dir.clone(),
+                source,
+            })?;
+            let dir = Arc::new(dir);
+            if addrs.inbound.is_some() {
+                for ip in &lc.addrs {
+                    let bound = local::bind(&dir, *ip).map_err(|source| StartError::Link {
+                        path: dir.display_path(*ip),
+                        source,
+                    })?;
+                    link_sockets.push(bound);
+                }
+            }
+            // One per process, for its whole life (connect options are `Copy`).
+            Some(Box::leak(Box::new(LocalLinks::new(lc.clone(), dir, stats))))
+        }
+        None => None,
+    };
     let shared = |direction| {
+        let mut connect = config.connect;
+        let mut balancers = config.balancers.clone();
+        if direction == Direction::Outbound {
+            connect.local = links;
+            balancers.connect.local = links;
+        }
         let directory = Arc::new(Directory::new(
-            config.balancers.clone(),
+            balancers,
             metrics.clone(),
             direction,
             store.clone(),
@@ -259,7 +303,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 access_log: config.access_log,
                 limits: config.limits,
             },
-            connect: config.connect,
+            connect,
             detect_timeout: config.detect_timeout,
             default_target: match direction {
                 Direction::Outbound => config.default_target,
@@ -284,6 +328,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             drain.clone(),
             tracker.clone(),
         )));
+    }
+    if let Some(lc) = &config.local {
+        let side = proxy::LinkSide {
+            own: lc.addrs.iter().map(|a| a.to_canonical()).collect(),
+            listener: addrs.inbound,
+            stats: metrics.links().unwrap_or_default(),
+        };
+        for socket in link_sockets {
+            background.push(tokio::spawn(proxy::run_links(
+                socket,
+                side.clone(),
+                inbound.clone(),
+                drain.clone(),
+                tracker.clone(),
+            )));
+        }
     }
     let listening = Arc::new(AtomicBool::new(false));
     if let Some(l) = admin_listener {

@@ -2,7 +2,7 @@
 //! with errors that name the flag.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use clap::Parser;
 use crate::app::{self, Source};
 use crate::balance::{DirectoryOptions, Policy};
 use crate::http::HttpLimits;
+use crate::local::LocalConfig;
 use crate::sockopt::ConnectOptions;
 
 /// netd-sidecar: the per-container data plane of the netd mesh.
@@ -69,6 +70,19 @@ pub struct Args {
     /// Inbound connections that were not redirected go here (e.g. 127.0.0.1:8080).
     #[arg(long)]
     pub inbound_target: Option<SocketAddr>,
+    /// Node-local links: the directory this network's sidecars share on this node (absolute;
+    /// it must exist). Upstream connections to a container whose
+    /// sidecar listens there use a unix stream instead of TCP; off when not given.
+    #[arg(long, value_parser = parse_local_dir)]
+    pub local_links: Option<PathBuf>,
+    /// This container's addresses: the inbound side of node-local links listens for each
+    /// (repeatable).
+    #[arg(long = "local-addr", requires = "local_links")]
+    pub local_addrs: Vec<IpAddr>,
+    /// Destination ports never sent over node-local links (ports excluded from inbound
+    /// interception; repeatable).
+    #[arg(long = "local-exclude-port", requires = "local_links")]
+    pub local_exclude_ports: Vec<u16>,
     /// Default balancer: p2c, round-robin, random, hash:header:NAME, hash:cookie:NAME, hash:source.
     #[arg(long, default_value = "p2c")]
     pub balancer: Policy,
@@ -121,6 +135,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| bad())
 }
 
+fn parse_local_dir(s: &str) -> Result<PathBuf, String> {
+    let config = LocalConfig {
+        dir: PathBuf::from(s),
+        addrs: Vec::new(),
+        exclude_ports: Vec::new(),
+    };
+    config.check().map(|()| config.dir)
+}
+
 fn parse_service_policy(s: &str) -> Result<(String, Policy), String> {
     let (service, policy) = s.split_once('=').ok_or_else(|| {
         format!("{s:?} is not NAMESPACE/NAME=POLICY (e.g. default/web=round-robin)")
@@ -161,12 +184,19 @@ impl Args {
                 connect: ConnectOptions {
                     mark: self.mark,
                     timeout: self.connect_timeout,
+                    local: None,
                 },
             },
             connect: ConnectOptions {
                 mark: self.mark,
                 timeout: self.connect_timeout,
+                local: None,
             },
+            local: self.local_links.as_ref().map(|dir| LocalConfig {
+                dir: dir.clone(),
+                addrs: self.local_addrs.clone(),
+                exclude_ports: self.local_exclude_ports.clone(),
+            }),
             access_log: self.access_log,
             drain_timeout: self.drain_timeout,
             detect_timeout: self.detect_timeout,

@@ -180,6 +180,25 @@ impl<T> PrefixedIo<T> {
         Self { prefix, inner }
     }
 
+    /// The same connection replaying `front` first, then what this one had not replayed yet
+    /// (for bytes read through it, e.g. by [`detect`]).
+    pub fn prepend(self, front: Bytes) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            front
+        } else if front.is_empty() {
+            self.prefix
+        } else {
+            let mut joined = bytes::BytesMut::with_capacity(front.len() + self.prefix.len());
+            joined.extend_from_slice(&front);
+            joined.extend_from_slice(&self.prefix);
+            joined.freeze()
+        };
+        Self {
+            prefix,
+            inner: self.inner,
+        }
+    }
+
     /// The connection and the bytes not yet replayed.
     pub fn into_parts(self) -> (Bytes, T) {
         (self.prefix, self.inner)
@@ -231,6 +250,28 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn bytes_read_through_a_prefixed_connection_are_replayed_before_the_rest() {
+        // A link's first read brought the header's tail ("abc", kept as the prefix); detection
+        // then read "ab" through it: the connection replays "ab", "c", then the socket.
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = PrefixedIo::new(Bytes::from_static(b"abc"), server);
+        let mut two = [0u8; 2];
+        io.read_exact(&mut two).await.unwrap();
+        let mut io = io.prepend(Bytes::copy_from_slice(&two));
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"def")
+            .await
+            .unwrap();
+        drop(client);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"abcdef");
+        // Nothing read before: the prefix is the bytes read, as is.
+        let (_c, s) = tokio::io::duplex(8);
+        let io = PrefixedIo::new(Bytes::new(), s).prepend(Bytes::from_static(b"xy"));
+        assert_eq!(&io.into_parts().0[..], b"xy");
+    }
 
     /// A minimal TLS 1.2 ClientHello record with one SNI extension.
     pub(crate) fn client_hello(host: &str) -> Vec<u8> {

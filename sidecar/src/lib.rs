@@ -9,6 +9,8 @@
 //! - [`netns`]: entering the container's namespace before anything else;
 //! - [`snapshot`]: the registry view (from netd or a file) swapped atomically;
 //! - [`listen`]: the listeners, with the IPv6 companions interception needs;
+//! - [`local`]: node-local links, unix streams between the sidecars of one node;
+//! - [`stream`]: one connection type over TCP and node-local links;
 //! - [`proxy`]: original destination, target and protocol choice per connection;
 //! - [`sockopt`]: `SO_ORIGINAL_DST`, `SO_MARK`, marked connects;
 //! - [`detect`]: protocol detection and replay of the bytes read;
@@ -31,12 +33,14 @@ pub mod dns;
 pub mod drain;
 pub mod http;
 pub mod listen;
+pub mod local;
 pub mod metrics;
 pub mod netns;
 pub mod pool;
 pub mod proxy;
 pub mod snapshot;
 pub mod sockopt;
+pub mod stream;
 pub mod tcp;
 
 pub use app::{start, Addrs, Config, Running, Source, StartError};

@@ -1,7 +1,7 @@
 //! Golden metrics in Prometheus text format: HTTP requests, responses by status class and
 //! latency histograms per service, per route of a service (`netd_http_route_*`, for services
 //! that declare routes) and per peer (endpoint), TCP connections and bytes, and protocol
-//! detection outcomes.
+//! detection outcomes, node-local link connections.
 //!
 //! Label sets are resolved once (when a service or endpoint appears) into an `Arc` of atomic
 //! counters that the data path bumps without locking or formatting; only `/metrics` walks the
@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::local::LinkStats;
 
 /// Which side of the application the traffic is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -158,6 +160,7 @@ pub struct Metrics {
     http_peers: Mutex<BTreeMap<PeerKey, Arc<HttpMetrics>>>,
     tcp: Mutex<BTreeMap<TcpKey, Arc<TcpMetrics>>>,
     detected: Mutex<BTreeMap<(Direction, &'static str), Arc<AtomicU64>>>,
+    links: std::sync::OnceLock<Arc<LinkStats>>,
     revision: AtomicU64,
 }
 
@@ -202,6 +205,16 @@ impl Metrics {
     /// Counts one connection whose protocol was detected (or hinted) as `protocol`.
     pub fn detected(&self, dir: Direction, protocol: &'static str) {
         get_or_insert(&self.detected, (dir, protocol)).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Renders the node-local links' counters from now on (when links are on).
+    pub fn set_links(&self, stats: Arc<LinkStats>) {
+        let _ = self.links.set(stats);
+    }
+
+    /// The node-local links' counters, when links are on.
+    pub fn links(&self) -> Option<Arc<LinkStats>> {
+        self.links.get().cloned()
     }
 
     /// Records the snapshot revision in use.
@@ -311,6 +324,25 @@ impl Metrics {
                     out,
                     "netd_detected_connections_total{{direction=\"{}\",protocol=\"{p}\"}} {}",
                     d.as_str(),
+                    v.load(Ordering::Relaxed)
+                )?;
+            }
+        }
+        if let Some(l) = self.links.get() {
+            writeln!(
+                out,
+                "# HELP netd_local_link_connections_total Connections over node-local links: \
+                 opened (outbound), accepted or refused (inbound)."
+            )?;
+            writeln!(out, "# TYPE netd_local_link_connections_total counter")?;
+            for (dir, result, v) in [
+                ("outbound", "opened", &l.opened),
+                ("inbound", "accepted", &l.accepted),
+                ("inbound", "refused", &l.refused),
+            ] {
+                writeln!(
+                    out,
+                    "netd_local_link_connections_total{{direction=\"{dir}\",result=\"{result}\"}} {}",
                     v.load(Ordering::Relaxed)
                 )?;
             }

@@ -15,16 +15,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use netd_config::netd::Protocol;
-use tokio::net::{TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::detect::{self, Detected, PrefixedIo, SERVER_FIRST_PORTS};
 use crate::drain::Drain;
 use crate::http::route::{resolve_addr, Dest, Target};
 use crate::http::{self, ConnContext, HttpShared};
+use crate::local::{self, BoundSocket, HeaderError, LinkHeader, LinkStats};
 use crate::metrics::Direction;
 use crate::pool::Version;
 use crate::sockopt::{self, ConnectOptions};
+use crate::stream::Stream;
 
 /// Everything a listener's connections share.
 #[derive(Debug, Clone)]
@@ -62,7 +67,12 @@ pub async fn run(
                 Ok((stream, peer)) => {
                     let shared = shared.clone();
                     let drain = drain.clone();
-                    tracker.spawn(async move { handle(stream, peer, &shared, drain).await });
+                    tracker.spawn(async move {
+                        let _ = stream.set_nodelay(true);
+                        let orig = sockopt::original_dst(&stream);
+                        let io = PrefixedIo::new(Bytes::new(), Stream::Tcp(stream));
+                        handle(io, peer, orig, &shared, drain).await
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -75,12 +85,91 @@ pub async fn run(
     }
 }
 
+/// What the inbound side of node-local links needs to know.
+#[derive(Debug, Clone)]
+pub struct LinkSide {
+    /// This container's addresses: a link's header must name one of them.
+    pub own: Arc<[IpAddr]>,
+    /// The inbound TCP listener's address: a link to it was not redirected (as a TCP
+    /// connection made to the listener itself).
+    pub listener: Option<SocketAddr>,
+    /// Counters.
+    pub stats: Arc<LinkStats>,
+}
+
+/// Accepts node-local links (see [`crate::local`]) until `drain` fires: each link's header
+/// is read, checked, and the link then served as a TCP connection to the destination it
+/// names would be.
+pub async fn run_links(
+    socket: BoundSocket,
+    side: LinkSide,
+    shared: Arc<ProxyShared>,
+    mut drain: Drain,
+    tracker: TaskTracker,
+) {
+    loop {
+        tokio::select! {
+            accepted = socket.listener.accept() => match accepted {
+                Ok((mut stream, _)) => {
+                    let shared = shared.clone();
+                    let drain = drain.clone();
+                    let side = side.clone();
+                    tracker.spawn(async move {
+                        let header = local::read_header(&mut stream, shared.detect_timeout).await;
+                        let Some((header, rest)) = check_link(header, &side) else {
+                            return;
+                        };
+                        let orig = (!side.is_listener(header.dest)).then_some(header.dest);
+                        let io = PrefixedIo::new(rest, Stream::Unix(stream));
+                        handle(io, header.source, orig, &shared, drain).await
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(path = %socket.path.display(), error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = drain.signaled() => break,
+        }
+    }
+}
+
+impl LinkSide {
+    fn is_listener(&self, dest: SocketAddr) -> bool {
+        self.listener.is_some_and(|l| {
+            l.port() == dest.port() && (l.ip().is_unspecified() || l.ip() == dest.ip())
+        })
+    }
+}
+
+/// A link's header, if it is whole and names this container; counted either way.
+fn check_link(
+    header: Result<(LinkHeader, Bytes), HeaderError>,
+    side: &LinkSide,
+) -> Option<(LinkHeader, Bytes)> {
+    let refused = |why: &dyn std::fmt::Display| {
+        side.stats.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(error = %why, "local link refused");
+        None
+    };
+    match header {
+        Err(e) => refused(&e),
+        Ok((h, _)) if !side.own.contains(&h.dest.ip()) => refused(&format_args!(
+            "destination {} is not this container's",
+            h.dest
+        )),
+        Ok(ok) => {
+            side.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            Some(ok)
+        }
+    }
+}
+
 /// Where a connection goes and the protocol hint of its port, before any byte is read.
 fn target(
-    stream: &TcpStream,
+    orig: Option<SocketAddr>,
     shared: &ProxyShared,
 ) -> Option<(Target, Option<Protocol>, Option<u16>)> {
-    let orig = sockopt::original_dst(stream);
     match shared.direction {
         Direction::Outbound => Some(match orig {
             Some(addr) => match shared.http.store.load().by_vip(addr) {
@@ -148,22 +237,29 @@ fn plan(hint: Option<Protocol>, port: Option<u16>) -> Plan {
     }
 }
 
-async fn handle(mut stream: TcpStream, client: SocketAddr, shared: &ProxyShared, drain: Drain) {
-    let _ = stream.set_nodelay(true);
-    let Some((target, hint, port)) = target(&stream, shared) else {
+/// Serves one accepted connection (`io` replays what was read before, e.g. after a link's
+/// header) whose original destination was `orig`.
+async fn handle(
+    mut io: PrefixedIo<Stream>,
+    client: SocketAddr,
+    orig: Option<SocketAddr>,
+    shared: &ProxyShared,
+    drain: Drain,
+) {
+    let Some((target, hint, port)) = target(orig, shared) else {
         tracing::debug!(%client, "not redirected and no default target: closing");
         return;
     };
-    let (detected, prefix) = match plan(hint, port) {
-        Plan::Http2 => (Detected::Http2, Default::default()),
-        Plan::Opaque => (Detected::Opaque, Default::default()),
+    let (detected, read) = match plan(hint, port) {
+        Plan::Http2 => (Detected::Http2, Bytes::new()),
+        Plan::Opaque => (Detected::Opaque, Bytes::new()),
         Plan::Http => {
-            match http_port_start(&mut stream, shared.http.limits.header_read_timeout).await {
+            match http_port_start(&mut io, shared.http.limits.header_read_timeout).await {
                 Some(started) => started,
                 None => return,
             }
         }
-        Plan::Detect => match detect::detect(&mut stream, shared.detect_timeout).await {
+        Plan::Detect => match detect::detect(&mut io, shared.detect_timeout).await {
             Ok(r) => r,
             Err(_) => return,
         },
@@ -172,7 +268,7 @@ async fn handle(mut stream: TcpStream, client: SocketAddr, shared: &ProxyShared,
         .http
         .metrics
         .detected(shared.direction, detected.label());
-    let io = PrefixedIo::new(prefix, stream);
+    let io = io.prepend(read);
     let version = match detected {
         Detected::Http1 => Version::Http1,
         Detected::Http2 => Version::Http2,
@@ -206,7 +302,7 @@ async fn http_port_start<R: tokio::io::AsyncRead + Unpin>(
 }
 
 async fn opaque(
-    io: PrefixedIo<TcpStream>,
+    io: PrefixedIo<Stream>,
     client: SocketAddr,
     target: Target,
     sni: Option<String>,

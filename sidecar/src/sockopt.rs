@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::local::LocalLinks;
+use crate::stream::Stream;
+
 /// The destination an accepted connection had before nf_tables redirected it, or `None`
 /// when it was not redirected (no conntrack entry, or the original destination is the
 /// connection's own local address, as for a client that connected to the listener
@@ -35,12 +38,15 @@ pub fn set_mark(socket: &impl AsFd, mark: u32) -> io::Result<()> {
 }
 
 /// How the sidecar opens upstream connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct ConnectOptions {
     /// `SO_MARK` put on every upstream socket; `None` leaves sockets unmarked.
     pub mark: Option<u32>,
     /// Longest time a connect may take.
     pub timeout: Duration,
+    /// Node-local links tried before TCP (outbound only; set once at startup and kept for
+    /// the life of the process).
+    pub local: Option<&'static LocalLinks>,
 }
 
 impl Default for ConnectOptions {
@@ -48,6 +54,7 @@ impl Default for ConnectOptions {
         Self {
             mark: None,
             timeout: Duration::from_secs(3),
+            local: None,
         }
     }
 }
@@ -83,8 +90,22 @@ pub enum ConnectError {
     },
 }
 
+/// Opens a connection to `addr`: a node-local link when `opts` has them and the sidecar
+/// serving `addr` listens on one, otherwise TCP ([`connect_tcp`]).
+pub async fn connect(addr: SocketAddr, opts: ConnectOptions) -> Result<Stream, ConnectError> {
+    if let Some(links) = opts.local {
+        if let Some(link) = links.connect(addr, opts.timeout).await {
+            return Ok(Stream::Unix(link));
+        }
+    }
+    connect_tcp(addr, opts).await.map(Stream::Tcp)
+}
+
 /// Opens a TCP connection to `addr` with the sidecar's mark, `TCP_NODELAY` set.
-pub async fn connect(addr: SocketAddr, opts: ConnectOptions) -> Result<TcpStream, ConnectError> {
+pub async fn connect_tcp(
+    addr: SocketAddr,
+    opts: ConnectOptions,
+) -> Result<TcpStream, ConnectError> {
     let socket_err = |source| ConnectError::Socket {
         addr,
         mark: opts.mark,
@@ -117,7 +138,7 @@ mod tests {
     async fn plain_connection_has_no_original_dst() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let local = listener.local_addr().unwrap();
-        let client = connect(local, ConnectOptions::default()).await.unwrap();
+        let client = connect_tcp(local, ConnectOptions::default()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         assert_eq!(original_dst(&server), None);
         drop(client);

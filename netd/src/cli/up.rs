@@ -98,6 +98,10 @@ pub struct Args {
     /// Destinations (CIDR) that meshed containers reach directly. Repeatable.
     #[arg(long = "mesh-exclude-cidr", value_name = "CIDR")]
     pub mesh_exclude_cidrs: Vec<IpNet>,
+    /// Sidecars of one network on this node talk over TCP like remote ones, instead of over
+    /// node-local unix streams (in `links/` next to the API socket).
+    #[arg(long)]
+    pub no_local_links: bool,
     /// On a normal stop, also stop every sidecar and remove its interception (by default they
     /// keep serving from their last snapshot, and the next netd adopts them).
     #[arg(long)]
@@ -163,6 +167,9 @@ pub async fn run(socket: &Path, args: Args) -> Result<(), CliError> {
             },
             network_dns: !args.no_network_dns,
             stop_sidecars_on_exit: args.stop_sidecars_on_exit,
+            local_links: (!args.no_local_links)
+                .then(|| socket.parent().map(|d| d.join("links")))
+                .flatten(),
         }),
     })
     .await?;

@@ -81,6 +81,10 @@ pub struct MeshOptions {
     /// own there (`--upstream-dns <gateway>:53`), since interception sends the container's
     /// port-53 traffic to its sidecar. Without it sidecars answer only the mesh's names.
     pub network_dns: bool,
+    /// Node-local links (root-only directory; `None`: off): sidecars of one network on this
+    /// node reach each other over unix streams in `<dir>/<network>/` instead of TCP (see
+    /// `netd_sidecar::local`).
+    pub local_links: Option<PathBuf>,
 }
 
 impl MeshOptions {
@@ -176,6 +180,21 @@ async fn run(
     handle: MeshHandle,
     mut drain: watch::Receiver<bool>,
 ) {
+    if let Some(dir) = &opts.local_links {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let made = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            // An existing directory keeps its mode: make sure only root can enter it.
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)));
+        if let Err(e) = made {
+            crate::log(&format!(
+                "mesh: cannot create {}: {e} (sidecars will fall back to TCP)",
+                dir.display()
+            ));
+        }
+    }
     if let Err(e) = std::fs::create_dir_all(&opts.state_dir) {
         crate::log(&format!(
             "mesh: cannot create {}: {e} (sidecars will not be adopted after a restart)",

@@ -102,6 +102,18 @@ pub fn sidecar_args(opts: &MeshOptions, t: &Target) -> Vec<String> {
     .collect();
     args.push("--drain-timeout".into());
     args.push(format!("{}s", opts.sidecar_drain.as_secs()));
+    if let Some(dir) = links_dir(opts, t) {
+        args.push("--local-links".into());
+        args.push(dir.display().to_string());
+        for ip in &t.ips {
+            args.push("--local-addr".into());
+            args.push(ip.to_string());
+        }
+        for port in &spec.exclude_inbound_ports {
+            args.push("--local-exclude-port".into());
+            args.push(port.to_string());
+        }
+    }
     if opts.network_dns && !t.gateways.is_empty() {
         args.push("--upstream-dns".into());
         args.extend(
@@ -111,6 +123,25 @@ pub fn sidecar_args(opts: &MeshOptions, t: &Target) -> Vec<String> {
         );
     }
     args
+}
+
+/// The node-local link directory of `t`'s network, `<links>/<network>` (network names are
+/// plain file names); `None` when links are off.
+pub fn links_dir(opts: &MeshOptions, t: &Target) -> Option<std::path::PathBuf> {
+    Some(opts.local_links.as_ref()?.join(&t.network))
+}
+
+/// Makes `t`'s link directory (root only, like its parent).
+fn prepare_links_dir(opts: &MeshOptions, t: &Target) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(dir) = links_dir(opts, t) else {
+        return Ok(());
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
 }
 
 /// Installs the rules for `t` in its namespace, on a blocking thread.
@@ -342,6 +373,7 @@ async fn run(
 
 /// Spawns the sidecar and records its pidfile.
 fn start(t: &Target, opts: &MeshOptions, pidfile: &Path) -> Result<Proc, String> {
+    prepare_links_dir(opts, t)?;
     let p = Proc::spawn(&opts.sidecar_bin, &sidecar_args(opts, t))
         .map_err(|e| format!("cannot start {}: {e}", opts.sidecar_bin.display()))?;
     if let Some(pid) = p.pid() {
@@ -387,6 +419,7 @@ mod tests {
             intercept: InterceptSpec::default(),
             network_dns: false,
             stop_sidecars_on_exit: false,
+            local_links: None,
         };
         let mut t = Target {
             container_id: "abc".into(),
@@ -412,5 +445,30 @@ mod tests {
             .ends_with("--upstream-dns 10.89.0.1:53 [fd00:89::1]:53"));
         t.gateways.clear();
         assert!(!sidecar_args(&opts, &t).contains(&"--upstream-dns".to_string()));
+        // Node-local links: the network's directory, the container's addresses, and the
+        // inbound ports that must not take a link.
+        let opts = MeshOptions {
+            local_links: Some("/run/netd/links".into()),
+            intercept: InterceptSpec {
+                exclude_inbound_ports: vec![9100],
+                ..InterceptSpec::default()
+            },
+            ..opts
+        };
+        t.ips = vec!["10.89.0.5".parse().unwrap(), "fd00:89::5".parse().unwrap()];
+        let dir = links_dir(&opts, &t).unwrap();
+        assert_eq!(dir, Path::new("/run/netd/links/n"));
+        assert!(sidecar_args(&opts, &t).join(" ").ends_with(&format!(
+            "--local-links {} --local-addr 10.89.0.5 --local-addr fd00:89::5 \
+             --local-exclude-port 9100",
+            dir.display()
+        )));
+        // Links off: no link arguments.
+        let opts = MeshOptions {
+            local_links: None,
+            ..opts
+        };
+        assert_eq!(links_dir(&opts, &t), None);
+        assert!(!sidecar_args(&opts, &t).contains(&"--local-links".to_string()));
     }
 }

@@ -27,9 +27,9 @@ use hyper::body::{Body as _, Frame, Incoming};
 use hyper::header::HeaderMap;
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response};
-use tokio::net::TcpStream;
 
 use crate::pool::PoolReturn;
+use crate::stream::Stream;
 use codec::{Decoded, Decoder, Head, ReqFraming};
 
 pub mod codec;
@@ -65,7 +65,7 @@ pub enum Error {
 /// One upstream HTTP/1.1 connection: its socket and buffers, reused from request to request.
 #[derive(Debug)]
 pub struct Conn {
-    io: TcpStream,
+    io: Stream,
     read: BytesMut,
     write: Vec<u8>,
     written: usize,
@@ -75,9 +75,9 @@ pub struct Conn {
 impl Conn {
     /// A fresh connection over `io`, boxed: it moves from pool to request to response body
     /// and back, and the futures and bodies that hold it stay small.
-    pub fn new(io: TcpStream) -> Box<Self> {
+    pub fn new(io: impl Into<Stream>) -> Box<Self> {
         Box::new(Self {
-            io,
+            io: io.into(),
             read: BytesMut::with_capacity(READ_BUF),
             write: Vec::with_capacity(1024),
             written: 0,
