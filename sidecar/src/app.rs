@@ -61,6 +61,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Longest wait for a client's first bytes.
     pub detect_timeout: Duration,
+    /// Opaque TCP connections with no byte either way for this long are closed.
+    pub tcp_idle_timeout: Duration,
     /// Outbound connections that were not redirected and name no service go here.
     pub default_target: Option<SocketAddr>,
     /// Inbound connections that were not redirected go here.
@@ -89,6 +91,7 @@ impl Config {
             access_log: false,
             drain_timeout: Duration::from_secs(5),
             detect_timeout: Duration::from_secs(1),
+            tcp_idle_timeout: crate::tcp::DEFAULT_IDLE_TIMEOUT,
             default_target: None,
             inbound_target: None,
             limits: HttpLimits::default(),
@@ -305,6 +308,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             },
             connect,
             detect_timeout: config.detect_timeout,
+            tcp_idle_timeout: config.tcp_idle_timeout,
             default_target: match direction {
                 Direction::Outbound => config.default_target,
                 Direction::Inbound => config.inbound_target,

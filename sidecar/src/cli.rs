@@ -60,6 +60,10 @@ pub struct Args {
     /// Longest wait for a client's first bytes before treating the connection as opaque TCP.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
+    /// Opaque TCP (and TLS passthrough) connections with no byte either way for this long are
+    /// closed.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub tcp_idle_timeout: Duration,
     /// Upstream connect timeout.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -117,10 +121,10 @@ fn parse_mark(s: &str) -> Result<u32, String> {
     }
 }
 
-/// Parses `5s`, `500ms`, `2m` or a plain number of seconds.
+/// Parses `5s`, `500ms`, `2m`, `1h` or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let bad = || format!("{s:?} is not a duration: use e.g. 5s, 500ms or 2m");
+    let bad = || format!("{s:?} is not a duration: use e.g. 5s, 500ms, 2m or 1h");
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => s.split_at(i),
         None => (s, "s"),
@@ -130,6 +134,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
+        "h" => n * 3600.0,
         _ => return Err(bad()),
     };
     Duration::try_from_secs_f64(secs).map_err(|_| bad())
@@ -200,6 +205,7 @@ impl Args {
             access_log: self.access_log,
             drain_timeout: self.drain_timeout,
             detect_timeout: self.detect_timeout,
+            tcp_idle_timeout: self.tcp_idle_timeout,
             default_target: self.default_target,
             inbound_target: self.inbound_target,
             limits: HttpLimits {
@@ -228,6 +234,29 @@ mod tests {
         assert_eq!(a.drain_timeout, Duration::from_secs(5));
         assert_eq!(a.balancer, Policy::P2c);
         assert!(!a.access_log && a.dns.is_none() && a.mark.is_none());
+        assert_eq!(a.tcp_idle_timeout, Duration::from_secs(3600));
+        assert!(a.local_links.is_none());
+        let a = parse(&[
+            "--tcp-idle-timeout",
+            "2m",
+            "--local-links",
+            "/run/netd/links/n",
+            "--local-addr",
+            "10.89.0.5",
+            "--local-exclude-port",
+            "9100",
+        ])
+        .unwrap();
+        assert_eq!(a.tcp_idle_timeout, Duration::from_secs(120));
+        let local = a.config().local.unwrap();
+        assert_eq!(local.addrs, vec!["10.89.0.5".parse::<IpAddr>().unwrap()]);
+        assert_eq!(local.exclude_ports, vec![9100]);
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        // Link options need the directory; the directory must be absolute.
+        assert!(parse(&["--local-addr", "10.89.0.5"]).is_err());
+        assert!(parse(&["--local-links", "links"])
+            .unwrap_err()
+            .contains("absolute"));
     }
 
     #[test]

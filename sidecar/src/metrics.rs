@@ -112,6 +112,7 @@ pub struct TcpMetrics {
     opened: AtomicU64,
     open: AtomicI64,
     connect_failures: AtomicU64,
+    idle_closed: AtomicU64,
     /// Bytes from the client to the upstream.
     pub sent: AtomicU64,
     /// Bytes from the upstream to the client.
@@ -129,6 +130,11 @@ impl TcpMetrics {
     /// Counts a failed upstream connect.
     pub fn connect_failure(&self) {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed by the idle timeout.
+    pub fn idle_closed(&self) {
+        self.idle_closed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Connections open right now.
@@ -299,6 +305,12 @@ impl Metrics {
                 "netd_tcp_connect_failures_total",
                 "Upstream connects that failed.",
                 &|m| m.connect_failures.load(Ordering::Relaxed) as i64,
+            )?;
+            counter(
+                out,
+                "netd_tcp_idle_closed_total",
+                "Connections closed after the idle timeout with no byte either way.",
+                &|m| m.idle_closed.load(Ordering::Relaxed) as i64,
             )?;
             counter(
                 out,

@@ -42,6 +42,8 @@ pub struct ProxyShared {
     pub connect: ConnectOptions,
     /// Longest wait for a client's first bytes before treating it as opaque TCP.
     pub detect_timeout: Duration,
+    /// Opaque connections with no byte either way for this long are closed.
+    pub tcp_idle_timeout: Duration,
     /// Where connections that were not redirected go when their requests name no service
     /// (outbound) or always (inbound).
     pub default_target: Option<SocketAddr>,
@@ -338,7 +340,15 @@ async fn opaque(
         .http
         .metrics
         .tcp(shared.direction, &service, protocol);
-    crate::tcp::forward(io, client, dest, shared.connect, metrics).await;
+    crate::tcp::forward(
+        io,
+        client,
+        dest,
+        shared.connect,
+        shared.tcp_idle_timeout,
+        metrics,
+    )
+    .await;
 }
 
 #[cfg(test)]

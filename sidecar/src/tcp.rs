@@ -1,19 +1,26 @@
 //! Opaque TCP forwarding (also TLS passthrough): one endpoint per connection, chosen by the
 //! service's balancer (`hash:source` hashes the client address; other hash keys fall back to
 //! random), bytes copied both ways with half-closes propagated, byte counts recorded when the
-//! connection ends. A failed connect is retried once on another pick.
+//! connection ends. A failed connect is retried once on another pick. A connection on which
+//! no byte moved either way for the idle timeout is closed (both sides), so peers that vanished
+//! without a FIN do not hold a task and two sockets forever.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::balance::{hash_bytes, Endpoint, HashKey};
 use crate::http::route::Dest;
 use crate::metrics::TcpMetrics;
 use crate::sockopt::ConnectOptions;
+
+/// Default idle timeout of opaque connections (as Envoy's TCP proxy).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Attempts to connect to a service's endpoints per connection.
 const CONNECT_ATTEMPTS: usize = 2;
@@ -32,12 +39,14 @@ fn pick(dest: &Dest, client: SocketAddr) -> Option<Arc<Endpoint>> {
 }
 
 /// Forwards `client` (whose first bytes, if any were read, are replayed by the caller's
-/// `PrefixedIo`) to an endpoint of `dest` until both sides are done.
+/// `PrefixedIo`) to an endpoint of `dest` until both sides are done, or nothing moved for
+/// `idle_timeout`.
 pub async fn forward<I>(
-    mut client: I,
+    client: I,
     client_addr: SocketAddr,
     dest: Dest,
     connect: ConnectOptions,
+    idle_timeout: Duration,
     metrics: Arc<TcpMetrics>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -67,16 +76,117 @@ pub async fn forward<I>(
             }
         }
     }
-    let Some((mut stream, _in_flight)) = upstream else {
+    let Some((stream, _in_flight)) = upstream else {
         return;
     };
-    match tokio::io::copy_bidirectional(&mut client, &mut stream).await {
-        Ok((sent, received)) => {
-            metrics.sent.fetch_add(sent, Ordering::Relaxed);
-            metrics.received.fetch_add(received, Ordering::Relaxed);
+    let clock = Clock::start();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut client = Watched {
+        io: client,
+        last: last.clone(),
+        clock,
+    };
+    let mut stream = Watched {
+        io: stream,
+        last: last.clone(),
+        clock,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut stream);
+    tokio::pin!(copy);
+    let mut deadline = idle_timeout;
+    loop {
+        tokio::select! {
+            done = &mut copy => {
+                match done {
+                    Ok((sent, received)) => {
+                        metrics.sent.fetch_add(sent, Ordering::Relaxed);
+                        metrics.received.fetch_add(received, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::debug!(client = %client_addr, error = %e, "TCP connection ended with an error")
+                    }
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(clock.at(deadline)) => {
+                let active = Duration::from_millis(last.load(Ordering::Relaxed));
+                if active + idle_timeout <= clock.elapsed() {
+                    tracing::debug!(client = %client_addr, ?idle_timeout, "idle TCP connection closed");
+                    metrics.idle_closed();
+                    return;
+                }
+                deadline = active + idle_timeout;
+            }
         }
-        Err(e) => {
-            tracing::debug!(client = %client_addr, error = %e, "TCP connection ended with an error")
+    }
+}
+
+/// Milliseconds since a connection's start (cheap to store in an atomic).
+#[derive(Debug, Clone, Copy)]
+struct Clock(tokio::time::Instant);
+
+impl Clock {
+    fn start() -> Self {
+        Clock(tokio::time::Instant::now())
+    }
+
+    fn elapsed(self) -> Duration {
+        self.0.elapsed()
+    }
+
+    fn at(self, since_start: Duration) -> tokio::time::Instant {
+        self.0 + since_start
+    }
+}
+
+/// An I/O object that records when bytes last moved through it (in `last`, ms since the
+/// connection's start), for the idle timeout.
+struct Watched<T> {
+    io: T,
+    last: Arc<AtomicU64>,
+    clock: Clock,
+}
+
+impl<T> Watched<T> {
+    fn touch(&self) {
+        let ms = u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
         }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -139,3 +139,53 @@ async fn tls_is_passed_through_by_sni() {
     );
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_idle_opaque_connection_is_closed_and_an_active_one_is_not() {
+    // An echo that answers each read at once and never closes by itself.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let running = sidecar(
+        service_snapshot("db", "10.96.0.20", 7000, "tcp", &[echo], "p2c"),
+        |c| {
+            c.default_target = Some("10.96.0.20:7000".parse().unwrap());
+            c.tcp_idle_timeout = std::time::Duration::from_secs(1);
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(running.addrs.outbound).await.unwrap();
+    // Active for 2.5 s, a byte every 100 ms: more than twice the idle timeout, never idle.
+    for i in 0..25u8 {
+        s.write_all(&[i]).await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(b[0], i);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Then silent: the sidecar closes it (bounded wait, generous for a busy machine).
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), s.read_to_end(&mut rest))
+        .await
+        .expect("an idle connection is closed by the sidecar");
+    assert!(read.is_ok() && rest.is_empty(), "{read:?} {rest:?}");
+    assert_eq!(settle(&running).await, 0);
+    let (_, metrics) = admin_get(&running, "/metrics").await;
+    let l = "direction=\"outbound\",service=\"default/db\",protocol=\"tcp\"";
+    assert!(
+        metrics.contains(&format!("netd_tcp_idle_closed_total{{{l}}} 1")),
+        "{metrics}"
+    );
+    running.shutdown().await;
+}
