@@ -192,3 +192,46 @@ async fn drain_lets_in_flight_requests_finish_and_stops_accepting() {
     };
     assert!(admin_gone);
 }
+
+#[tokio::test]
+async fn http2_clients_that_stop_answering_pings_are_closed_and_live_ones_kept() {
+    let a = backend("a", Proto::H2).await;
+    let running = sidecar(web_snapshot("grpc", &[a.addr], "p2c"), |c| {
+        c.default_target = Some("10.96.0.10:80".parse().unwrap());
+        c.limits.h2_keepalive = Duration::from_millis(200);
+    })
+    .await;
+    let out = running.addrs.outbound;
+    // A live client idles through several PING rounds (its connection task answers them),
+    // then is served on the same connection.
+    let mut live = h2(out).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let req = hyper::Request::get("http://web/")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let (status, _, body) = read(live.send_request(req).await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (200, "a"));
+    // A client that vanished: its preface and SETTINGS arrived, then nothing is answered.
+    let mut gone = TcpStream::connect(out).await.unwrap();
+    gone.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut frames = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), gone.read_to_end(&mut frames))
+        .await
+        .expect("the sidecar closes an HTTP/2 client that does not answer its PING");
+    assert!(closed.is_ok(), "{closed:?}");
+    // It was sent a PING (frame type 6, not an ACK) before being closed.
+    let mut types = Vec::new();
+    let mut rest = &frames[..];
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        types.push((rest[3], rest[4]));
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    assert!(types.contains(&(6, 0)), "frames (type, flags): {types:?}");
+    drop(live);
+    assert_eq!(settle(&running).await, 0);
+    running.shutdown().await;
+    a.shutdown().await;
+}

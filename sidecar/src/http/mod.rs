@@ -237,8 +237,13 @@ pub struct HttpShared {
 pub struct HttpLimits {
     /// Largest request head (HTTP/1.1 read buffer) or header list (HTTP/2), in bytes.
     pub max_header_bytes: usize,
-    /// Time allowed for a request head to arrive (HTTP/1.1).
+    /// Time allowed for a request head to arrive (HTTP/1.1), also between the requests of a
+    /// keep-alive connection: an idle HTTP/1.1 client is closed after it.
     pub header_read_timeout: Duration,
+    /// HTTP/2 clients are sent a PING after this long without a frame from them, and closed
+    /// when it is not answered within the same time (a peer that vanished without a FIN); an
+    /// idle client that answers keeps its connection.
+    pub h2_keepalive: Duration,
 }
 
 impl Default for HttpLimits {
@@ -246,6 +251,7 @@ impl Default for HttpLimits {
         Self {
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            h2_keepalive: Duration::from_secs(60),
         }
     }
 }
@@ -307,6 +313,8 @@ where
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(shared.limits.max_header_bytes as u32)
+                .keep_alive_interval(Some(shared.limits.h2_keepalive))
+                .keep_alive_timeout(shared.limits.h2_keepalive)
                 .serve_connection(io, service);
             tokio::pin!(conn);
             match drain.run_until(&mut conn).await {
