@@ -2,9 +2,11 @@
 //! bodies it accepts, the watch event format, the daemon's defaults, and validation that names
 //! the offending field.
 //!
-//! Request bodies (`*Spec`, [`LeaseGrant`]) refuse unknown fields: a typo must not be silently
-//! dropped. Stored objects ([`Network`], [`Service`], [`Endpoint`], [`Attachment`]) tolerate them,
-//! so a newer daemon's records stay readable. Field names are `snake_case` on the wire.
+//! Every type here tolerates unknown fields, so a newer daemon's records stay readable by an
+//! older one and by sidecars that outlive an upgrade (a service's ports, routes and health
+//! check are inside the stored and watched objects). Request bodies (`*Spec`, [`LeaseGrant`])
+//! are refused when they carry one, at any depth, by the daemon's API decoder: a typo must not
+//! be silently dropped. Field names are `snake_case` on the wire.
 //!
 //! This module owns no I/O: the daemon (`netd` crate) decides what is stored and when.
 
@@ -50,7 +52,6 @@ pub const MAX_WEIGHT: u32 = 1_000_000;
 
 /// Request body of `POST /v1/networks`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
     /// Network name: names the conflist (`<name>.conflist`) and what runtimes pass as `--network`.
     pub name: String,
@@ -189,7 +190,6 @@ impl FromStr for Protocol {
 
 /// One port of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServicePort {
     /// Optional port name (a DNS label), used in SRV records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,7 +212,6 @@ pub struct ServicePort {
 /// Request body of `POST /v1/services` (create, or replace the ports of an existing service;
 /// its VIP never changes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Service name (a DNS label).
     pub name: String,
@@ -423,7 +422,6 @@ impl From<HttpMethod> for &'static str {
 /// route are labelled [`DEFAULT_ROUTE`]. Matching is byte-wise (case-sensitive, no
 /// percent-decoding).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HttpRoute {
     /// Route name (a DNS label, unique in the service, not `default`): the `route` label.
     pub name: String,
@@ -509,7 +507,6 @@ impl FromStr for HttpRoute {
 /// Request body of `PUT /v1/services/{ns}/{name}/routes`: the service's routes, replacing the
 /// ones it had (an empty list removes them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RoutesSpec {
     /// At most [`MAX_ROUTES`] routes.
     pub routes: Vec<HttpRoute>,
@@ -657,7 +654,6 @@ impl fmt::Display for HealthCheckKind {
 /// health, so a single lost probe does not flap it. A probe that does not finish within
 /// `timeout_ms` fails.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// `tcp` or `http`.
     pub kind: HealthCheckKind,
@@ -860,7 +856,6 @@ impl fmt::Display for Health {
 
 /// Request body of `POST /v1/services/{namespace}/{name}/endpoints` (register or replace).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     /// Endpoint id, unique within its service; default `address:port` (`[v6]:port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -994,7 +989,6 @@ impl Endpoint {
 
 /// Request body of `POST /v1/leases`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LeaseGrant {
     /// Time to live in seconds (1 to 86400); each keepalive restarts it.
     pub ttl_seconds: u64,
@@ -1032,7 +1026,6 @@ pub struct Lease {
 
 /// Request body of `POST /v1/attachments`: a container attached to a netd network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AttachmentSpec {
     /// `CNI_CONTAINERID`.
     pub container_id: String,
@@ -1508,7 +1501,8 @@ mod tests {
                 .to_string();
             assert!(e.contains("not a valid port"), "{e}");
         }
-        assert!(serde_json::from_str::<ServiceSpec>(r#"{"name":"web","ports":[],"x":1}"#).is_err());
+        // Unknown fields: tolerated by the type (the API decoder refuses them).
+        assert!(serde_json::from_str::<ServiceSpec>(r#"{"name":"web","ports":[],"x":1}"#).is_ok());
         let s: ServiceSpec =
             serde_json::from_str(r#"{"name":"Web","ports":[{"port":80}]}"#).unwrap();
         assert_eq!(s.validate().unwrap_err().field, "name");
@@ -1565,7 +1559,7 @@ mod tests {
             "health_check.unhealthy_after"
         );
         assert!(serde_json::from_str::<HealthCheck>(r#"{"kind":"udp"}"#).is_err());
-        assert!(serde_json::from_str::<HealthCheck>(r#"{"kind":"tcp","x":1}"#).is_err());
+        assert!(serde_json::from_str::<HealthCheck>(r#"{"kind":"tcp","x":1}"#).is_ok());
     }
 
     #[test]
@@ -1614,18 +1608,21 @@ mod tests {
                 {"name": "root", "path_prefix": "/"}
             ]})
         );
-        // Unknown fields and methods are refused when decoding.
+        // Unknown methods are refused when decoding; unknown fields are tolerated by the type
+        // (a newer daemon's), the API decoder refuses them in request bodies.
         let bad = |v: serde_json::Value| {
             serde_json::from_value::<RoutesSpec>(json!({ "routes": [v] }))
                 .unwrap_err()
                 .to_string()
         };
-        assert!(
-            bad(json!({"name": "a", "path_prefix": "/", "method": ["GET"]})).contains("method")
-        );
+        let newer: RoutesSpec = serde_json::from_value(
+            json!({"routes": [{"name": "a", "path_prefix": "/", "weight": 3}]}),
+        )
+        .unwrap();
+        assert_eq!(newer.routes[0].name, "a");
         let e = bad(json!({"name": "a", "path_prefix": "/", "methods": ["get"]}));
         assert!(e.contains("\"get\" is not a method"), "{e}");
-        assert!(serde_json::from_value::<RoutesSpec>(json!({"routes": [], "x": 1})).is_err());
+        assert!(serde_json::from_value::<RoutesSpec>(json!({"routes": [], "x": 1})).is_ok());
     }
 
     #[test]

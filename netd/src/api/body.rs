@@ -62,7 +62,22 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
+    // Unknown fields are refused here, at any depth, rather than by the types themselves: the
+    // same types are read from the store and by sidecars, which must tolerate a newer
+    // daemon's fields (see `netd_config::netd`).
+    // An unknown field is reported before any other error: it is most likely the typo behind
+    // a "missing field" (`ttl` for `ttl_seconds`).
+    let mut unknown = None;
+    let decoded = {
+        let mut note = |path: serde_ignored::Path<'_>| {
+            unknown.get_or_insert_with(|| ignored_path(&path));
+        };
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(&mut de, &mut note))
+    };
+    if let Some((path, name)) = unknown {
+        return Err(ApiError::bad_field(path, format!("unknown field `{name}`")));
+    }
+    let value = decoded.map_err(path_error)?;
     de.end().map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -70,6 +85,38 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         )
     })?;
     Ok(value)
+}
+
+/// An ignored field's path (`ports[0].bogus`, as `serde_path_to_error` writes paths) and its
+/// name.
+fn ignored_path(path: &serde_ignored::Path<'_>) -> (String, String) {
+    fn walk(p: &serde_ignored::Path<'_>, out: &mut String) {
+        use serde_ignored::Path;
+        match p {
+            Path::Root => {}
+            Path::Seq { parent, index } => {
+                walk(parent, out);
+                out.push_str(&format!("[{index}]"));
+            }
+            Path::Map { parent, key } => {
+                walk(parent, out);
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Path::Some { parent }
+            | Path::NewtypeStruct { parent }
+            | Path::NewtypeVariant { parent } => walk(parent, out),
+        }
+    }
+    let mut out = String::new();
+    walk(path, &mut out);
+    let name = match path {
+        serde_ignored::Path::Map { key, .. } => key.clone(),
+        _ => out.clone(),
+    };
+    (out, name)
 }
 
 fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
@@ -178,5 +225,40 @@ mod tests {
         let e = err::<LeaseGrant>(r#"[1]"#);
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert!(err::<LeaseGrant>("").message.contains("empty"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_at_any_depth_though_the_types_tolerate_them() {
+        for (body, field) in [
+            (r#"{"name":"a","ports":[],"bogus":1}"#, "bogus"),
+            (
+                r#"{"name":"a","ports":[{"port":80},{"port":81,"prot":"tcp"}]}"#,
+                "ports[1].prot",
+            ),
+            (
+                r#"{"name":"a","ports":[],"health_check":{"kind":"tcp","intervall_ms":5}}"#,
+                "health_check.intervall_ms",
+            ),
+        ] {
+            let e = err::<ServiceSpec>(body);
+            assert_eq!(e.field.as_deref(), Some(field), "{body}: {e:?}");
+            let name = field.rsplit('.').next().unwrap();
+            assert!(
+                e.message.contains(&format!("unknown field `{name}`")),
+                "{e:?}"
+            );
+        }
+        // The types themselves read a newer daemon's fields (stores, sidecars).
+        let newer: ServiceSpec = serde_json::from_str(
+            r#"{"name":"a","ports":[{"port":80,"weight_hint":3}],"routes_v2":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(newer.ports[0].port, 80);
+        // The typo wins over the missing field it causes.
+        let e = err::<LeaseGrant>(r#"{"ttl":5}"#);
+        assert_eq!(e.field.as_deref(), Some("ttl"), "{e:?}");
+        // And a clean body still decodes.
+        let ok: ServiceSpec = decode_json(br#"{"name":"a","ports":[{"port":80}]}"#).unwrap();
+        assert_eq!(ok.name, "a");
     }
 }

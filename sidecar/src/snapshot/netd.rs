@@ -287,4 +287,24 @@ mod tests {
         m.apply(ev(serde_json::json!({"type": "reset", "revision": 9})));
         assert_eq!(m.data().services.len(), 0);
     }
+
+    #[test]
+    fn a_newer_daemons_fields_do_not_stop_the_mirror() {
+        // A sidecar outlives netd upgrades: objects with fields it does not know, at any
+        // depth (a port, a route, the health check), still apply.
+        let svc = serde_json::json!({"name": "web", "namespace": "default", "vip": "10.96.0.1",
+            "ports": [{"port": 80, "app_protocol": "h3"}],
+            "routes": [{"name": "api", "path_prefix": "/api", "timeout_ms": 500}],
+            "health_check": {"kind": "tcp", "jitter_ms": 5},
+            "retries": {"attempts": 2}});
+        let mut m = Mirror::default();
+        m.apply(ev(serde_json::json!({"type": "reset", "revision": 1})));
+        m.apply(ev(
+            serde_json::json!({"type": "put", "revision": 2, "kind": "service", "object": svc,
+                "origin": "node-b"}),
+        ));
+        let d = m.data();
+        assert_eq!(d.services.len(), 1);
+        assert_eq!(d.services[0].routes[0].path_prefix, "/api");
+    }
 }
