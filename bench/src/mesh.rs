@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use crate::guard;
-use crate::procfs::{log_tail, rss, rss_anon, which};
+use crate::procfs::{linkage, log_tail, rss, rss_anon, which};
 use crate::scratch::Scratch;
 use crate::stats::{ratio, round3};
 use load::{RateResult, RateSpec, WrkSummary};
@@ -56,7 +56,7 @@ The mesh's HTTP/1.1 path, client -> netd-sidecar -> netd-sidecar -> server, agai
 client and server directly, through two nginx hops and through two HAProxy hops, on loopback.
 Server and proxies pinned to CPU 0, load generators to CPU 1. Needs nginx, haproxy, wrk and
 taskset (apt-get install -y nginx-light haproxy wrk) and a release netd-sidecar
-(cargo build --release -p netd-sidecar -p netd-bench).
+(scripts/build: statically linked, as netd runs it). The report says how it is linked.
 
 options:
   --duration SECS       fixed-concurrency (wrk) run per path       (default 10)
@@ -276,7 +276,7 @@ fn find_sidecar(explicit: Option<&Path>) -> Result<PathBuf, String> {
         .find(|p| p.is_file())
         .ok_or_else(|| {
             "netd-sidecar not found next to netd-bench or in target/release: \
-             cargo build --release -p netd-sidecar (or give --sidecar PATH)"
+             scripts/build (or give --sidecar PATH)"
                 .into()
         })
 }
@@ -1148,7 +1148,8 @@ pub fn run(opts: &Options) -> Result<bool, String> {
     let tools = Tools {
         sidecar: match &tools.sidecar {
             Some(s) => {
-                versions.push(("netd-sidecar".into(), version(s, "--version")));
+                let v = format!("{}, {}", version(s, "--version"), linkage(s));
+                versions.push(("netd-sidecar".into(), v));
                 Some(
                     scratch
                         .snapshot_binary(s)
