@@ -26,11 +26,26 @@ use netd_cni::link::Netlink;
 use netd_cni::netns::{NamedNetNs, NetNs};
 use serde_json::{json, Value};
 
+/// `println!` that ignores a closed stdout: the demo must reach its cleanup even when its
+/// output is piped into `head` (a failed `println!` panics, and release builds abort).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!`, likewise.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("netd-demo: {e}");
+        tell!("netd-demo: {e}");
         std::process::exit(1);
     }
 }
@@ -43,7 +58,7 @@ fn run() -> Res<()> {
     std::fs::create_dir_all(&dir)?;
     let _cleanup = RemoveDir(dir.clone());
     let socket = dir.join("netd.sock");
-    println!("netd demo: netd and two containers in throwaway namespaces");
+    say!("netd demo: netd and two containers in throwaway namespaces");
 
     let host = NamedNetNs::create(&format!("netd-demo-host-{tag}"))?;
     let web = NamedNetNs::create(&format!("netd-demo-web-{tag}"))?;
@@ -74,7 +89,7 @@ fn run() -> Res<()> {
         std::os::unix::net::UnixStream::connect(&socket).is_ok() && conflist.exists()
     })
     .map_err(|e| format!("{e}: {}", read(&dir.join("netd.err"))))?;
-    println!(
+    say!(
         "  netd up: pid {}, socket {}",
         daemon.pid(),
         socket.display()
@@ -86,7 +101,7 @@ fn run() -> Res<()> {
     conf["cniVersion"] = list["cniVersion"].clone();
     conf["name"] = list["name"].clone();
     conf["dataDir"] = json!(dir.join("cni-state"));
-    println!(
+    say!(
         "  network {} ({}), conflist {}",
         conf["name"].as_str().unwrap_or("?"),
         conf["bridge"].as_str().unwrap_or("?"),
@@ -110,12 +125,12 @@ fn run() -> Res<()> {
         .as_str()
         .ok_or("result has no dns nameserver")?
         .parse::<IpAddr>()?;
-    println!(
+    say!(
         "  ADD web-1  -> {} in {:.1} ms",
         addrs(&r1),
         t1.as_secs_f64() * 1e3
     );
-    println!(
+    say!(
         "  ADD client -> {} in {:.1} ms (DNS {dns})",
         addrs(&r2),
         t2.as_secs_f64() * 1e3
@@ -160,18 +175,18 @@ fn run() -> Res<()> {
         &gw_addr,
         "--persist",
     ])?;
-    println!("  netd expose web 80 --address {web_ip} --host-port 8080 --persist");
-    println!("  netd expose hostapp 7070 --address {gw} --persist");
+    say!("  netd expose web 80 --address {web_ip} --host-port 8080 --persist");
+    say!("  netd expose hostapp 7070 --address {gw} --persist");
     for line in cli(&["services"])?.lines() {
-        println!("    {line}");
+        say!("    {line}");
     }
 
     let mut failures = 0;
     let mut check = |what: &str, r: Res<String>| match r {
-        Ok(v) => println!("  {what:<44} => {}", v.trim()),
+        Ok(v) => say!("  {what:<44} => {}", v.trim()),
         Err(e) => {
             failures += 1;
-            println!("  {what:<44} => FAILED: {e}");
+            say!("  {what:<44} => FAILED: {e}");
         }
     };
     // netd's DNS follows the registry within a few tens of milliseconds: retry briefly.
@@ -243,15 +258,18 @@ fn run() -> Res<()> {
         ("demo-client", "client", &client),
     ] {
         let (_, t) = cni.call("DEL", id, name, ns)?;
-        println!("  DEL {name} in {:.1} ms", t.as_secs_f64() * 1e3);
+        say!("  DEL {name} in {:.1} ms", t.as_secs_f64() * 1e3);
     }
     let status: Value = serde_json::from_str(&cli(&["status", "-o", "json"])?)?;
-    println!(
+    say!(
         "  netd status: {} attachments, {} services, {} endpoints, revision {}",
-        status["attachments"], status["services"], status["endpoints"], status["revision"]
+        status["attachments"],
+        status["services"],
+        status["endpoints"],
+        status["revision"]
     );
     daemon.stop();
-    println!("  netd stopped; cleaning up namespaces and state");
+    say!("  netd stopped; cleaning up namespaces and state");
     if failures > 0 {
         return Err(format!(
             "{failures} check(s) failed; netd log:\n{}{}",
@@ -260,7 +278,7 @@ fn run() -> Res<()> {
         )
         .into());
     }
-    println!("netd demo: all good");
+    say!("netd demo: all good");
     Ok(())
 }
 
@@ -282,7 +300,7 @@ impl Mesh<'_> {
     /// Creates the network and containers, shows balancing, DNS, a scale-down under load and
     /// the sidecars' metrics, then removes it all again.
     fn run(&self, check: &mut dyn FnMut(&str, Res<String>)) -> Res<()> {
-        println!("netd demo, mesh: a client and two replicas of hello on a meshed network");
+        say!("netd demo, mesh: a client and two replicas of hello on a meshed network");
         (self.cli)(&[
             "network",
             "create",
@@ -291,7 +309,7 @@ impl Mesh<'_> {
             "10.92.0.0/24",
             "--mesh",
         ])?;
-        println!("  netd network create demo-mesh --subnet 10.92.0.0/24 --mesh");
+        say!("  netd network create demo-mesh --subnet 10.92.0.0/24 --mesh");
         let list: Value = serde_json::from_str(&std::fs::read_to_string(
             self.dir.join("cni").join("demo-mesh.conflist"),
         )?)?;
@@ -314,7 +332,7 @@ impl Mesh<'_> {
                 let (r, _) = cni.call("ADD", &id, name, &ns)?;
                 ns.ns().run(|| Netlink::open()?.set_up(1))??;
                 let ip = first_v4(&r)?;
-                println!("  ADD {name:<8} -> {ip} (sidecar started by netd)");
+                say!("  ADD {name:<8} -> {ip} (sidecar started by netd)");
                 ctrs.push((id, name, ns, ip));
             }
             for (_, name, ns, ip) in &ctrs[1..] {
@@ -331,7 +349,7 @@ impl Mesh<'_> {
                     &addr,
                     "--persist",
                 ])?;
-                println!("  netd expose hello 80 --protocol http --address {ip} --persist");
+                say!("  netd expose hello 80 --protocol http --address {ip} --persist");
             }
             self.show(&ctrs, check)
         })();
@@ -341,7 +359,7 @@ impl Mesh<'_> {
         }
         (self.cli)(&["unexpose", "hello"])?;
         (self.cli)(&["network", "rm", "demo-mesh"])?;
-        println!("  DEL client, hello-1, hello-2 (their sidecars stopped); network removed");
+        say!("  DEL client, hello-1, hello-2 (their sidecars stopped); network removed");
         result
     }
 
@@ -444,12 +462,12 @@ impl Mesh<'_> {
             .run(|| probe::admin_get(SIDECAR_ADMIN, "/metrics"))?
             .map(|(_, body)| body)
             .ok_or("the client's sidecar does not answer /metrics")?;
-        println!("  the client's sidecar, /metrics (outbound requests):");
+        say!("  the client's sidecar, /metrics (outbound requests):");
         for line in metrics.lines().filter(|l| {
             (l.starts_with("netd_http_requests_total") || l.starts_with("netd_http_peer_requests"))
                 && l.contains("outbound")
         }) {
-            println!("    {line}");
+            say!("    {line}");
         }
         let counted = probe::metric(
             &metrics,
