@@ -462,9 +462,11 @@ impl Mesh<'_> {
             .run(|| probe::admin_get(SIDECAR_ADMIN, "/metrics"))?
             .map(|(_, body)| body)
             .ok_or("the client's sidecar does not answer /metrics")?;
-        say!("  the client's sidecar, /metrics (outbound requests):");
+        say!("  the client's sidecar, /metrics (outbound requests, node-local links):");
         for line in metrics.lines().filter(|l| {
-            (l.starts_with("netd_http_requests_total") || l.starts_with("netd_http_peer_requests"))
+            (l.starts_with("netd_http_requests_total")
+                || l.starts_with("netd_http_peer_requests")
+                || l.starts_with("netd_local_link_connections_total"))
                 && l.contains("outbound")
         }) {
             say!("    {line}");
@@ -480,6 +482,20 @@ impl Mesh<'_> {
                 Ok(counted.to_string())
             } else {
                 Err(format!("only {counted}").into())
+            },
+        );
+        // One node: the client's sidecar reached the replicas' sidecars over node-local links.
+        let links = probe::metric(
+            &metrics,
+            "netd_local_link_connections_total",
+            &["direction=\"outbound\"", "result=\"opened\""],
+        );
+        check(
+            "sidecar to sidecar over node-local links",
+            if links >= 2 {
+                Ok(format!("{links} links opened (unix streams, not TCP)"))
+            } else {
+                Err(format!("only {links} links opened").into())
             },
         );
         Ok(())
