@@ -63,7 +63,9 @@ options:
   --conns N             keep-alive connections of both loads       (default 50)
   --rate RPS            request rate of the open-loop run          (default 5000)
   --rate-duration SECS  open-loop run per path                     (default 10)
-  --quick               smoke run: 2 s and 2 s per path (explicit flags still win)
+  --quick               smoke run: 2 s and 2 s per path, one round (explicit flags win)
+  --rounds N            rounds over every path, paths taking turns; each path's median
+                        round (by req/s) is reported                (default 3)
   --json PATH           also write every figure as JSON to PATH
   --paths LIST          which paths: direct,netd,netd-tcp,nginx,haproxy (default all;
                         netd: the sidecars' middle hop over a node-local link,
@@ -144,6 +146,8 @@ pub struct Options {
     pub rate_duration: Duration,
     /// Smoke-run mode.
     pub quick: bool,
+    /// Rounds over every path (paths take turns); each path's median round is reported.
+    pub rounds: usize,
     /// Where to write JSON.
     pub json: Option<PathBuf>,
     /// Paths to run, in order.
@@ -170,6 +174,7 @@ impl Options {
             rate: 5000,
             rate_duration: Duration::from_secs(10),
             quick: false,
+            rounds: 3,
             json: None,
             paths: vec![
                 MeshPath::Direct,
@@ -184,6 +189,7 @@ impl Options {
             o.quick = true;
             o.duration = Duration::from_secs(2);
             o.rate_duration = Duration::from_secs(2);
+            o.rounds = 1;
         }
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
@@ -211,6 +217,14 @@ impl Options {
                         .ok_or(format!("--rate {v:?}: expected requests/s in 10..=200000"))?;
                 }
                 "--json" => o.json = Some(PathBuf::from(value("--json")?)),
+                "--rounds" => {
+                    let v = value("--rounds")?;
+                    o.rounds = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=20).contains(n))
+                        .ok_or(format!("--rounds {v:?}: expected a number in 1..=20"))?;
+                }
                 "--sidecar" => o.sidecar = Some(PathBuf::from(value("--sidecar")?)),
                 "--paths" => {
                     o.paths.clear();
@@ -506,6 +520,9 @@ pub struct PathReport {
     pub idle_before: Option<[f64; 2]>,
     /// What went wrong, if anything.
     pub error: Option<String>,
+    /// Fixed-concurrency req/s of every round of this path, in run order (this report is the
+    /// median round's).
+    pub round_rates: Vec<f64>,
 }
 
 impl PathReport {
@@ -539,6 +556,7 @@ impl PathReport {
             "origin_cpu_us_per_request": self.origin_cpu_us().map(round3),
             "idle_before": self.idle_before.map(|i| json!({"cpu0": round3(i[0]), "cpu1": round3(i[1])})),
             "error": self.error,
+            "round_req_per_s": self.round_rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
         })
     }
 }
@@ -703,6 +721,7 @@ fn run_path(
         origin_cpu_secs: None,
         idle_before: idle_now(),
         error: None,
+        round_rates: Vec::new(),
     };
     if let Err(e) = measure_path(opts, tools, dir, origin, origin_port, script, &mut report) {
         eprintln!("netd-bench: {}: {e}", path.key());
@@ -984,6 +1003,17 @@ fn table(opts: &Options, ctx: &Context, rows: &[Row], reports: &[PathReport]) ->
         );
     }
     out.push('\n');
+    if reports.iter().any(|r| r.round_rates.len() > 1) {
+        let _ = writeln!(
+            out,
+            "{} rounds, paths taking turns; each column is the path's median round by req/s:",
+            opts.rounds
+        );
+        for r in reports {
+            let each: Vec<String> = r.round_rates.iter().map(|x| format!("{x:.0}")).collect();
+            let _ = writeln!(out, "  {}: req/s {}", r.path.key(), each.join(" / "));
+        }
+    }
     for r in reports {
         if let Some(i) = r.idle_before {
             let _ = writeln!(
@@ -1182,22 +1212,32 @@ pub fn run(opts: &Options) -> Result<bool, String> {
             "netd-bench: origin (nginx) on 127.0.0.1:{origin_port}, ready in {:.1} ms",
             ready.as_secs_f64() * 1e3
         );
-        let mut reports = Vec::new();
-        for &path in &opts.paths {
-            if guard::interrupted() {
-                break;
+        // Paths take turns, round after round: a slow minute of this shared VM falls on
+        // every path alike, and each path's median round is what is reported.
+        let mut rounds: Vec<Vec<PathReport>> = vec![Vec::new(); opts.paths.len()];
+        'rounds: for round in 0..opts.rounds {
+            for (i, &path) in opts.paths.iter().enumerate() {
+                if guard::interrupted() {
+                    break 'rounds;
+                }
+                if opts.rounds > 1 {
+                    eprintln!("netd-bench: round {}/{}", round + 1, opts.rounds);
+                }
+                rounds[i].push(run_path(
+                    opts,
+                    &tools,
+                    &dir,
+                    &origin,
+                    origin_port,
+                    &script,
+                    path,
+                ));
             }
-            reports.push(run_path(
-                opts,
-                &tools,
-                &dir,
-                &origin,
-                origin_port,
-                &script,
-                path,
-            ));
         }
-        reports
+        rounds
+            .into_iter()
+            .filter_map(median_round)
+            .collect::<Vec<_>>()
     };
     let ctx = Context {
         cpus,
@@ -1221,6 +1261,19 @@ pub fn run(opts: &Options) -> Result<bool, String> {
 }
 
 /// User + system CPU seconds of `pid`.
+/// The round whose fixed-concurrency req/s is the median of a path's rounds (the lower middle
+/// one for an even count; rounds without a wrk result sort first), with every round's req/s
+/// kept in it for the report.
+fn median_round(mut runs: Vec<PathReport>) -> Option<PathReport> {
+    let rate = |r: &PathReport| r.wrk.as_ref().map_or(-1.0, WrkSummary::rate);
+    let all: Vec<f64> = runs.iter().map(rate).collect();
+    runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+    let mid = runs.len().checked_sub(1)? / 2;
+    let mut median = runs.swap_remove(mid);
+    median.round_rates = all;
+    Some(median)
+}
+
 fn cpu_time(pid: u32) -> Option<f64> {
     crate::procfs::cpu_time(&pid.to_string())
 }
@@ -1238,8 +1291,12 @@ mod tests {
         let o = parse("--paths netd-tcp,netd").unwrap();
         assert_eq!(o.paths, vec![MeshPath::NetdTcp, MeshPath::Netd]);
         assert!(o.paths.iter().all(|p| p.is_netd()));
+        assert_eq!(parse("").unwrap().rounds, 3);
+        assert_eq!(parse("--rounds 5").unwrap().rounds, 5);
+        assert!(parse("--rounds 0").is_err());
         let o = parse("--quick --duration 3 --paths netd,nginx,netd").unwrap();
         assert!(o.quick);
+        assert_eq!(o.rounds, 1);
         assert_eq!((o.duration.as_secs(), o.rate_duration.as_secs()), (3, 2));
         assert_eq!(o.paths, vec![MeshPath::Netd, MeshPath::Nginx]);
         assert!(parse("--paths envoy").is_err());
@@ -1265,6 +1322,31 @@ mod tests {
     }
 
     #[test]
+    fn the_median_round_is_reported_with_every_rounds_rate() {
+        let run = |rate: Option<f64>| PathReport {
+            path: MeshPath::Netd,
+            hops: Vec::new(),
+            wrk: rate.map(|r| WrkSummary {
+                requests: (r * 10.0) as u64,
+                duration_us: 10_000_000,
+                ..WrkSummary::default()
+            }),
+            rate: None,
+            origin_cpu_secs: None,
+            idle_before: None,
+            error: None,
+            round_rates: Vec::new(),
+        };
+        let m = median_round(vec![run(Some(300.0)), run(Some(100.0)), run(Some(200.0))]).unwrap();
+        assert_eq!(m.wrk.as_ref().map(WrkSummary::rate), Some(200.0));
+        assert_eq!(m.round_rates, vec![300.0, 100.0, 200.0]);
+        // A failed round counts as the slowest; even counts take the lower middle.
+        let m = median_round(vec![run(None), run(Some(100.0))]).unwrap();
+        assert!(m.wrk.is_none());
+        assert!(median_round(Vec::new()).is_none());
+    }
+
+    #[test]
     fn goals_need_the_netd_path() {
         assert_eq!(goals(&[]), "");
         let r = PathReport {
@@ -1279,6 +1361,7 @@ mod tests {
             origin_cpu_secs: None,
             idle_before: None,
             error: None,
+            round_rates: Vec::new(),
         };
         let g = goals(&[r]);
         assert!(g.contains("4.0 MB (met)") && g.contains("5.0 ms"), "{g}");
