@@ -4,6 +4,7 @@
 pub mod cni;
 pub mod names;
 pub mod netd;
+pub mod strict;
 
 /// A configuration value that is present but wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -112,14 +112,6 @@ pub enum StartError {
     /// The DNS server could not start.
     #[error(transparent)]
     Dns(#[from] netd_dns::ServerError),
-    /// The node-local link directory could not be opened, or a socket bound in it.
-    #[error("node-local links: {path}: {source}")]
-    Link {
-        /// The socket path.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
 }
 
 /// Addresses actually bound (ports resolved).
@@ -262,26 +254,32 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // for this container's addresses (only when there is an inbound listener to stand for).
     let mut link_sockets = Vec::new();
     let links: Option<&'static LocalLinks> = match &config.local {
-        Some(lc) => {
-            let stats = Arc::new(LinkStats::default());
-            metrics.set_links(stats.clone());
-            let dir = LinkDir::open(&lc.dir).map_err(|source| StartError::Link {
-                path: lc.dir.clone(),
-                source,
-            })?;
-            let dir = Arc::new(dir);
-            if addrs.inbound.is_some() {
-                for ip in &lc.addrs {
-                    let bound = local::bind(&dir, *ip).map_err(|source| StartError::Link {
-                        path: dir.display_path(*ip),
-                        source,
-                    })?;
-                    link_sockets.push(bound);
+        // A link directory that cannot be used costs the links, not the sidecar: connections
+        // go over TCP as between nodes.
+        Some(lc) => match LinkDir::open(&lc.dir) {
+            Ok(dir) => {
+                let stats = Arc::new(LinkStats::default());
+                metrics.set_links(stats.clone());
+                let dir = Arc::new(dir);
+                if addrs.inbound.is_some() {
+                    for ip in &lc.addrs {
+                        match local::bind(&dir, *ip) {
+                            Ok(bound) => link_sockets.push(bound),
+                            Err(e) => tracing::warn!(
+                                path = %dir.display_path(*ip).display(), error = %e,
+                                "cannot listen for node-local links to this address; peers use TCP"
+                            ),
+                        }
+                    }
                 }
+                // One per process, for its whole life (connect options are `Copy`).
+                Some(Box::leak(Box::new(LocalLinks::new(lc.clone(), dir, stats))))
             }
-            // One per process, for its whole life (connect options are `Copy`).
-            Some(Box::leak(Box::new(LocalLinks::new(lc.clone(), dir, stats))))
-        }
+            Err(e) => {
+                tracing::warn!(dir = %lc.dir.display(), error = %e, "node-local links off: cannot open their directory");
+                None
+            }
+        },
         None => None,
     };
     let shared = |direction| {
@@ -336,6 +334,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let Some(lc) = &config.local {
         let side = proxy::LinkSide {
             own: lc.addrs.iter().map(|a| a.to_canonical()).collect(),
+            exclude_ports: lc.exclude_ports.iter().copied().collect(),
             listener: addrs.inbound,
             stats: metrics.links().unwrap_or_default(),
         };

@@ -61,7 +61,7 @@ pub struct Args {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
     /// Opaque TCP (and TLS passthrough) connections with no byte either way for this long are
-    /// closed.
+    /// closed (0: never).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub tcp_idle_timeout: Duration,
     /// Upstream connect timeout.

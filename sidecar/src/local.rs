@@ -39,6 +39,8 @@ use tokio::net::{UnixListener, UnixStream};
 
 /// How long a destination without a listening local socket goes straight to TCP.
 pub const MISS_TTL: Duration = Duration::from_secs(1);
+/// Remembered misses past which expired ones are swept on the next miss.
+const MISS_SWEEP_AT: usize = 256;
 /// The PROXY protocol v2 signature.
 const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// Fixed part of a v2 header: signature, version/command, family, length.
@@ -145,10 +147,14 @@ impl LocalLinks {
     /// not a container of this node with a listening sidecar (or its port is excluded), for
     /// the caller to use TCP.
     pub async fn connect(&self, dest: SocketAddr, timeout: Duration) -> Option<UnixStream> {
-        if self.config.exclude_ports.contains(&dest.port()) {
+        let ip = dest.ip().to_canonical();
+        // Excluded ports go as sent; calls to this container itself stay off its own inbound
+        // side, as over TCP (a marked connect to its own address is never redirected).
+        if self.config.exclude_ports.contains(&dest.port())
+            || self.config.addrs.iter().any(|a| a.to_canonical() == ip)
+        {
             return None;
         }
-        let ip = dest.ip().to_canonical();
         if let Ok(misses) = self.misses.lock() {
             if misses.get(&ip).is_some_and(|at| at.elapsed() < MISS_TTL) {
                 return None;
@@ -174,7 +180,10 @@ impl LocalLinks {
                     }
                 }
                 if let Ok(mut misses) = self.misses.lock() {
-                    misses.retain(|_, at| at.elapsed() < MISS_TTL);
+                    // Swept only when it grows: a sweep walks every remembered miss.
+                    if misses.len() >= MISS_SWEEP_AT {
+                        misses.retain(|_, at| at.elapsed() < MISS_TTL);
+                    }
                     misses.insert(ip, Instant::now());
                 }
                 None
@@ -536,11 +545,17 @@ mod tests {
         server.read_exact(&mut more).await.unwrap();
         assert_eq!([&rest[..], &more[..]].concat(), b"hello");
         assert_eq!(stats.opened.load(Ordering::Relaxed), 1);
-        // An excluded port never takes a link.
+        // An excluded port never takes a link, nor does a call to this container itself.
         assert!(links
             .connect(SocketAddr::new(dest.ip(), 9), t)
             .await
             .is_none());
+        let own = bind(&ldir, "127.0.0.1".parse().unwrap()).unwrap();
+        assert!(links
+            .connect("127.0.0.1:80".parse().unwrap(), t)
+            .await
+            .is_none());
+        drop(own);
         // The socket file goes with its listener, unless it was replaced meanwhile.
         let path = bound.path.clone();
         assert_eq!(path, dir.path().join("127.0.0.2.sock"));

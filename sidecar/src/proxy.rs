@@ -92,6 +92,9 @@ pub async fn run(
 pub struct LinkSide {
     /// This container's addresses: a link's header must name one of them.
     pub own: Arc<[IpAddr]>,
+    /// Ports that never take a link (the application serves them itself, as sent): refused
+    /// from a sender that did not know.
+    pub exclude_ports: Arc<[u16]>,
     /// The inbound TCP listener's address: a link to it was not redirected (as a TCP
     /// connection made to the listener itself).
     pub listener: Option<SocketAddr>,
@@ -159,6 +162,10 @@ fn check_link(
         Ok((h, _)) if !side.own.contains(&h.dest.ip()) => refused(&format_args!(
             "destination {} is not this container's",
             h.dest
+        )),
+        Ok((h, _)) if side.exclude_ports.contains(&h.dest.port()) => refused(&format_args!(
+            "port {} is excluded from the mesh's inbound side",
+            h.dest.port()
         )),
         Ok(ok) => {
             side.stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -377,6 +384,32 @@ mod tests {
             assert_eq!(got, want, "{sent:?}");
             assert_eq!(&prefix[..], sent);
         }
+    }
+
+    #[test]
+    fn links_are_taken_only_for_this_containers_addresses_and_ports_left_to_the_mesh() {
+        let side = LinkSide {
+            own: Arc::from(vec!["10.89.0.5".parse::<IpAddr>().unwrap()]),
+            exclude_ports: Arc::from(vec![9100u16]),
+            listener: Some("0.0.0.0:15006".parse().unwrap()),
+            stats: Arc::new(LinkStats::default()),
+        };
+        let link = |dest: &str| {
+            let h = LinkHeader {
+                source: "10.89.0.2:0".parse().unwrap(),
+                dest: dest.parse().unwrap(),
+            };
+            check_link(Ok((h, Bytes::new())), &side).is_some()
+        };
+        assert!(link("10.89.0.5:8080"));
+        assert!(!link("10.89.0.6:8080"), "another container's address");
+        assert!(!link("10.89.0.5:9100"), "an excluded port");
+        assert!(check_link(Err(HeaderError::Truncated), &side).is_none());
+        assert_eq!(side.stats.accepted.load(Ordering::Relaxed), 1);
+        assert_eq!(side.stats.refused.load(Ordering::Relaxed), 3);
+        // The inbound listener itself (any address, its port): not redirected.
+        assert!(side.is_listener("10.89.0.5:15006".parse().unwrap()));
+        assert!(!side.is_listener("10.89.0.5:8080".parse().unwrap()));
     }
 
     #[test]

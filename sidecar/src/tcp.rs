@@ -3,7 +3,7 @@
 //! random), bytes copied both ways with half-closes propagated, byte counts recorded when the
 //! connection ends. A failed connect is retried once on another pick. A connection on which
 //! no byte moved either way for the idle timeout is closed (both sides), so peers that vanished
-//! without a FIN do not hold a task and two sockets forever.
+//! without a FIN do not hold a task and two sockets forever; a timeout of 0 means none.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -81,43 +81,45 @@ pub async fn forward<I>(
     };
     let clock = Clock::start();
     let last = Arc::new(AtomicU64::new(0));
-    let mut client = Watched {
-        io: client,
-        last: last.clone(),
-        clock,
-    };
-    let mut stream = Watched {
-        io: stream,
-        last: last.clone(),
-        clock,
-    };
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut stream);
-    tokio::pin!(copy);
-    let mut deadline = idle_timeout;
-    loop {
-        tokio::select! {
-            done = &mut copy => {
-                match done {
-                    Ok((sent, received)) => {
-                        metrics.sent.fetch_add(sent, Ordering::Relaxed);
-                        metrics.received.fetch_add(received, Ordering::Relaxed);
+    // Bytes are counted as they move, so a connection closed idle (or failing) keeps its
+    // counts: the client side's reads are what was sent, the upstream side's what came back.
+    let mut client = Watched::new(client, last.clone(), clock);
+    let mut stream = Watched::new(stream, last.clone(), clock);
+    let copied = {
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut stream);
+        tokio::pin!(copy);
+        let mut deadline = idle_timeout;
+        loop {
+            // `None`: no idle timeout (0, or too far to represent).
+            let wake = (!idle_timeout.is_zero())
+                .then(|| clock.at(deadline))
+                .flatten();
+            tokio::select! {
+                done = &mut copy => break done.map(drop),
+                _ = sleep_until(wake) => {
+                    let active = Duration::from_millis(last.load(Ordering::Relaxed));
+                    if active + idle_timeout <= clock.elapsed() {
+                        tracing::debug!(client = %client_addr, ?idle_timeout, "idle TCP connection closed");
+                        metrics.idle_closed();
+                        break Ok(());
                     }
-                    Err(e) => {
-                        tracing::debug!(client = %client_addr, error = %e, "TCP connection ended with an error")
-                    }
+                    deadline = active + idle_timeout;
                 }
-                return;
-            }
-            _ = tokio::time::sleep_until(clock.at(deadline)) => {
-                let active = Duration::from_millis(last.load(Ordering::Relaxed));
-                if active + idle_timeout <= clock.elapsed() {
-                    tracing::debug!(client = %client_addr, ?idle_timeout, "idle TCP connection closed");
-                    metrics.idle_closed();
-                    return;
-                }
-                deadline = active + idle_timeout;
             }
         }
+    };
+    metrics.sent.fetch_add(client.read, Ordering::Relaxed);
+    metrics.received.fetch_add(stream.read, Ordering::Relaxed);
+    if let Err(e) = copied {
+        tracing::debug!(client = %client_addr, error = %e, "TCP connection ended with an error");
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -134,20 +136,30 @@ impl Clock {
         self.0.elapsed()
     }
 
-    fn at(self, since_start: Duration) -> tokio::time::Instant {
-        self.0 + since_start
+    fn at(self, since_start: Duration) -> Option<tokio::time::Instant> {
+        self.0.checked_add(since_start)
     }
 }
 
 /// An I/O object that records when bytes last moved through it (in `last`, ms since the
-/// connection's start), for the idle timeout.
+/// connection's start), for the idle timeout, and counts the bytes read from it.
 struct Watched<T> {
     io: T,
     last: Arc<AtomicU64>,
     clock: Clock,
+    read: u64,
 }
 
 impl<T> Watched<T> {
+    fn new(io: T, last: Arc<AtomicU64>, clock: Clock) -> Self {
+        Self {
+            io,
+            last,
+            clock,
+            read: 0,
+        }
+    }
+
     fn touch(&self) {
         let ms = u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last.store(ms, Ordering::Relaxed);
@@ -162,7 +174,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.read += n as u64;
             self.touch();
         }
         r

@@ -258,3 +258,21 @@ async fn a_link_to_the_inbound_listener_itself_goes_to_the_inbound_target() {
     b.shutdown().await;
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_unusable_link_directory_costs_the_links_not_the_sidecar() {
+    let dir = Dir::new("unusable");
+    let app = backend("tcp-only", Proto::H1).await;
+    let missing = dir.0.join("missing");
+    let a = sidecar(web_snapshot("http", &[app.addr], "p2c"), |c| {
+        c.local = links(&missing, &["127.0.0.2"])
+    })
+    .await;
+    let mut c = h1(a.addrs.outbound).await;
+    let (status, _, body) = read(c.send_request(get("web", "/")).await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (200, "tcp-only"));
+    let (_, m) = admin_get(&a, "/metrics").await;
+    assert!(!m.contains("netd_local_link"), "{m}");
+    a.shutdown().await;
+    app.shutdown().await;
+}

@@ -187,5 +187,36 @@ async fn an_idle_opaque_connection_is_closed_and_an_active_one_is_not() {
         metrics.contains(&format!("netd_tcp_idle_closed_total{{{l}}} 1")),
         "{metrics}"
     );
+    // Its bytes are counted though it never ended by itself.
+    for series in ["netd_tcp_sent_bytes_total", "netd_tcp_received_bytes_total"] {
+        assert!(
+            metrics.contains(&format!("{series}{{{l}}} 25")),
+            "{series}: {metrics}"
+        );
+    }
     running.shutdown().await;
+
+    // 0 means no idle timeout, and a timeout too far to represent is none either (it used to
+    // close at once, or overflow the deadline).
+    for timeout in [std::time::Duration::ZERO, std::time::Duration::MAX] {
+        let running = sidecar(
+            service_snapshot("db", "10.96.0.20", 7000, "tcp", &[echo], "p2c"),
+            |c| {
+                c.default_target = Some("10.96.0.20:7000".parse().unwrap());
+                c.tcp_idle_timeout = timeout;
+            },
+        )
+        .await;
+        let mut s = TcpStream::connect(running.addrs.outbound).await.unwrap();
+        s.write_all(b"a").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        s.write_all(b"b").await.unwrap();
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"b", "{timeout:?}");
+        drop(s);
+        assert_eq!(settle(&running).await, 0);
+        running.shutdown().await;
+    }
 }

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
+use netd_config::strict::StrictError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -65,19 +66,13 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Unknown fields are refused here, at any depth, rather than by the types themselves: the
     // same types are read from the store and by sidecars, which must tolerate a newer
     // daemon's fields (see `netd_config::netd`).
-    // An unknown field is reported before any other error: it is most likely the typo behind
-    // a "missing field" (`ttl` for `ttl_seconds`).
-    let mut unknown = None;
-    let decoded = {
-        let mut note = |path: serde_ignored::Path<'_>| {
-            unknown.get_or_insert_with(|| ignored_path(&path));
-        };
-        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(&mut de, &mut note))
+    let value = match netd_config::strict::from_deserializer(&mut de) {
+        Ok(v) => v,
+        Err(StrictError::Unknown { path, name }) => {
+            return Err(ApiError::bad_field(path, format!("unknown field `{name}`")))
+        }
+        Err(StrictError::Invalid(e)) => return Err(path_error(e)),
     };
-    if let Some((path, name)) = unknown {
-        return Err(ApiError::bad_field(path, format!("unknown field `{name}`")));
-    }
-    let value = decoded.map_err(path_error)?;
     de.end().map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -85,38 +80,6 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         )
     })?;
     Ok(value)
-}
-
-/// An ignored field's path (`ports[0].bogus`, as `serde_path_to_error` writes paths) and its
-/// name.
-fn ignored_path(path: &serde_ignored::Path<'_>) -> (String, String) {
-    fn walk(p: &serde_ignored::Path<'_>, out: &mut String) {
-        use serde_ignored::Path;
-        match p {
-            Path::Root => {}
-            Path::Seq { parent, index } => {
-                walk(parent, out);
-                out.push_str(&format!("[{index}]"));
-            }
-            Path::Map { parent, key } => {
-                walk(parent, out);
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
-            Path::Some { parent }
-            | Path::NewtypeStruct { parent }
-            | Path::NewtypeVariant { parent } => walk(parent, out),
-        }
-    }
-    let mut out = String::new();
-    walk(path, &mut out);
-    let name = match path {
-        serde_ignored::Path::Map { key, .. } => key.clone(),
-        _ => out.clone(),
-    };
-    (out, name)
 }
 
 fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {

@@ -167,9 +167,11 @@ pub async fn run(socket: &Path, args: Args) -> Result<(), CliError> {
             },
             network_dns: !args.no_network_dns,
             stop_sidecars_on_exit: args.stop_sidecars_on_exit,
+            // Absolute: sidecars check it is, and need not share netd's working directory.
             local_links: (!args.no_local_links)
-                .then(|| socket.parent().map(|d| d.join("links")))
-                .flatten(),
+                .then(|| std::path::absolute(socket).ok())
+                .flatten()
+                .and_then(|s| s.parent().map(|d| d.join("links"))),
         }),
     })
     .await?;

@@ -186,8 +186,15 @@ async fn run(
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            // An existing directory keeps its mode: make sure only root can enter it.
-            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)));
+            .and_then(|()| {
+                // An existing directory keeps its mode: make sure only root can enter it (a
+                // symlink is not followed; each sidecar's directory is checked before use).
+                if std::fs::symlink_metadata(dir)?.is_dir() {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                } else {
+                    Err(std::io::Error::other("not a directory"))
+                }
+            });
         if let Err(e) = made {
             crate::log(&format!(
                 "mesh: cannot create {}: {e} (sidecars will fall back to TCP)",

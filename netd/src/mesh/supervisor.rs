@@ -131,17 +131,31 @@ pub fn links_dir(opts: &MeshOptions, t: &Target) -> Option<std::path::PathBuf> {
     Some(opts.local_links.as_ref()?.join(&t.network))
 }
 
-/// Makes `t`'s link directory (root only, like its parent).
-fn prepare_links_dir(opts: &MeshOptions, t: &Target) -> Result<(), String> {
-    use std::os::unix::fs::DirBuilderExt;
-    let Some(dir) = links_dir(opts, t) else {
-        return Ok(());
+/// Makes `t`'s link directory (root only, like its parent) and checks both are directories
+/// only this user can write to: whoever can create a socket there can stand in for a
+/// container. `Ok(false)` when links are off.
+fn prepare_links_dir(opts: &MeshOptions, t: &Target) -> Result<bool, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let (Some(base), Some(dir)) = (opts.local_links.as_ref(), links_dir(opts, t)) else {
+        return Ok(false);
     };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for d in [base, &dir] {
+        let m = std::fs::symlink_metadata(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+            return Err(format!(
+                "{} is not a directory owned by uid {me} and writable by it alone",
+                d.display()
+            ));
+        }
+    }
+    Ok(true)
 }
 
 /// Installs the rules for `t` in its namespace, on a blocking thread.
@@ -373,8 +387,22 @@ async fn run(
 
 /// Spawns the sidecar and records its pidfile.
 fn start(t: &Target, opts: &MeshOptions, pidfile: &Path) -> Result<Proc, String> {
-    prepare_links_dir(opts, t)?;
-    let p = Proc::spawn(&opts.sidecar_bin, &sidecar_args(opts, t))
+    let args = match prepare_links_dir(opts, t) {
+        Ok(_) => sidecar_args(opts, t),
+        Err(e) => {
+            // The links, not the sidecar: it talks TCP like one of another node.
+            crate::log(&format!(
+                "sidecar {}/{}: node-local links off: {e}",
+                t.container_id, t.ifname
+            ));
+            let without = MeshOptions {
+                local_links: None,
+                ..opts.clone()
+            };
+            sidecar_args(&without, t)
+        }
+    };
+    let p = Proc::spawn(&opts.sidecar_bin, &args)
         .map_err(|e| format!("cannot start {}: {e}", opts.sidecar_bin.display()))?;
     if let Some(pid) = p.pid() {
         let rec = PidFile {
@@ -405,6 +433,52 @@ mod tests {
         let err = refuse_own_netns(Path::new("/proc/self/ns/net")).expect_err("own netns");
         assert!(err.contains("own network namespace"), "{err}");
         assert!(refuse_own_netns(Path::new("/run/netns/netd-no-such-namespace")).is_ok());
+    }
+
+    #[test]
+    fn link_directories_must_be_private_real_directories() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = std::env::temp_dir().join(format!("netd-links-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        std::fs::create_dir_all(&top).unwrap();
+        let t = Target {
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            network: "n".into(),
+            netns: "/run/netns/x".into(),
+            ips: Vec::new(),
+            gateways: Vec::new(),
+        };
+        let opts = |base: Option<std::path::PathBuf>| MeshOptions {
+            sidecar_bin: "netd-sidecar".into(),
+            api_socket: "/run/netd/netd.sock".into(),
+            state_dir: "/tmp/x".into(),
+            sidecar_drain: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            intercept: InterceptSpec::default(),
+            network_dns: false,
+            stop_sidecars_on_exit: false,
+            local_links: base,
+        };
+        assert_eq!(prepare_links_dir(&opts(None), &t), Ok(false));
+        let base = top.join("links");
+        std::fs::create_dir(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(prepare_links_dir(&opts(Some(base.clone())), &t), Ok(true));
+        let made = std::fs::metadata(base.join("n")).unwrap();
+        assert_eq!(made.permissions().mode() & 0o777, 0o700);
+        // Writable by others: refused.
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(prepare_links_dir(&opts(Some(base.clone())), &t)
+            .unwrap_err()
+            .contains("writable by it alone"));
+        // A symlink standing for the directory: refused.
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = top.join("via-symlink");
+        std::os::unix::fs::symlink(&base, &link).unwrap();
+        assert!(prepare_links_dir(&opts(Some(link)), &t).is_err());
+        std::fs::remove_dir_all(&top).unwrap();
     }
 
     #[test]

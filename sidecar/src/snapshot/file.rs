@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use netd_config::strict::StrictError;
+
 use super::SnapshotData;
 
 /// The snapshot file could not be used.
@@ -39,13 +41,25 @@ pub fn load(path: &Path) -> Result<SnapshotData, FileError> {
 
 /// Parses snapshot JSON; `path` is only used in errors.
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<SnapshotData, FileError> {
+    // Strict: the registry's types tolerate a newer daemon's fields, but a hand-written file's
+    // typo (`method` for `methods`) must not be silently dropped.
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let data: SnapshotData =
-        serde_path_to_error::deserialize(de).map_err(|e| FileError::Invalid {
-            path: path.to_path_buf(),
-            field: e.path().to_string(),
-            message: e.inner().to_string(),
-        })?;
+    let invalid = |field: String, message: String| FileError::Invalid {
+        path: path.to_path_buf(),
+        field,
+        message,
+    };
+    let data: SnapshotData = match netd_config::strict::from_deserializer(de) {
+        Ok(d) => d,
+        Err(StrictError::Unknown { path, name }) => {
+            return Err(invalid(path, format!("unknown field `{name}`")))
+        }
+        Err(StrictError::Invalid(e)) => {
+            return Err(invalid(e.path().to_string(), e.inner().to_string()))
+        }
+    };
+    de.end()
+        .map_err(|e| invalid(String::new(), format!("after the snapshot: {e}")))?;
     for (i, ep) in data.endpoints.iter().enumerate() {
         if !data.services.iter().any(|s| s.key() == ep.service_key()) {
             return Err(FileError::Invalid {
@@ -105,6 +119,14 @@ mod tests {
             r#"{"services":[{"name":"a","namespace":"d","vip":"10.0.0.1","ports":[{"port":1}],"routes":[{"name":"r","path_prefix":"/"},{"name":"r","path_prefix":"/x"}]}]}"#,
         );
         assert!(e.contains("services[0].routes[1].name"), "{e}");
+        // Typos at any depth are refused, naming the path (the types alone would accept them).
+        let e = err(
+            r#"{"services":[{"name":"a","namespace":"d","vip":"10.0.0.1","ports":[{"port":1}],"routes":[{"name":"r","path_prefix":"/","method":["GET"]}]}]}"#,
+        );
+        assert!(e.contains("services[0].routes[0].method"), "{e}");
+        assert!(e.contains("unknown field `method`"), "{e}");
+        let e = err(r#"{"revision":1} {"#);
+        assert!(e.contains("after the snapshot"), "{e}");
         let e = load(Path::new("/nonexistent/s.json"))
             .unwrap_err()
             .to_string();
