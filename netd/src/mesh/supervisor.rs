@@ -435,6 +435,22 @@ mod tests {
         assert!(refuse_own_netns(Path::new("/run/netns/netd-no-such-namespace")).is_ok());
     }
 
+    /// Options as netd's defaults, links off.
+    fn test_options() -> MeshOptions {
+        MeshOptions {
+            sidecar_bin: "netd-sidecar".into(),
+            api_socket: "/run/netd/netd.sock".into(),
+            state_dir: "/tmp/x".into(),
+            sidecar_drain: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            intercept: InterceptSpec::default(),
+            network_dns: false,
+            stop_sidecars_on_exit: false,
+            local_links: None,
+        }
+    }
+
     #[test]
     fn link_directories_must_be_private_real_directories() {
         use std::os::unix::fs::PermissionsExt;
@@ -450,16 +466,8 @@ mod tests {
             gateways: Vec::new(),
         };
         let opts = |base: Option<std::path::PathBuf>| MeshOptions {
-            sidecar_bin: "netd-sidecar".into(),
-            api_socket: "/run/netd/netd.sock".into(),
-            state_dir: "/tmp/x".into(),
-            sidecar_drain: Duration::from_secs(5),
-            backoff_min: Duration::from_millis(250),
-            backoff_max: Duration::from_secs(30),
-            intercept: InterceptSpec::default(),
-            network_dns: false,
-            stop_sidecars_on_exit: false,
             local_links: base,
+            ..test_options()
         };
         assert_eq!(prepare_links_dir(&opts(None), &t), Ok(false));
         let base = top.join("links");
@@ -483,18 +491,7 @@ mod tests {
 
     #[test]
     fn args_follow_the_sidecar_contract() {
-        let opts = MeshOptions {
-            sidecar_bin: "netd-sidecar".into(),
-            api_socket: "/run/netd/netd.sock".into(),
-            state_dir: "/tmp/x".into(),
-            sidecar_drain: Duration::from_secs(5),
-            backoff_min: Duration::from_millis(250),
-            backoff_max: Duration::from_secs(30),
-            intercept: InterceptSpec::default(),
-            network_dns: false,
-            stop_sidecars_on_exit: false,
-            local_links: None,
-        };
+        let opts = test_options();
         let mut t = Target {
             container_id: "abc".into(),
             ifname: "eth0".into(),
