@@ -3,9 +3,11 @@
 //! that declare routes) and per peer (endpoint), TCP connections and bytes, and protocol
 //! detection outcomes, node-local link connections.
 //!
-//! Label sets are resolved once (when a service or endpoint appears) into an `Arc` of atomic
-//! counters that the data path bumps without locking or formatting; only `/metrics` walks the
-//! registry under its lock. Series are never removed (a process restart clears them).
+//! Label sets of request series are resolved once (when a service or endpoint appears) into an
+//! `Arc` of atomic counters that the data path bumps without locking or formatting; the TCP
+//! series of a connection are looked up once per connection (a map lookup under the registry's
+//! lock); only `/metrics` walks the registry under its lock. Series are never removed (a process
+//! restart clears them).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
