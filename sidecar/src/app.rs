@@ -331,12 +331,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             tracker.clone(),
         )));
     }
-    if let Some(lc) = &config.local {
+    if let Some(links) = links {
         let side = proxy::LinkSide {
-            own: lc.addrs.iter().map(|a| a.to_canonical()).collect(),
-            exclude_ports: lc.exclude_ports.iter().copied().collect(),
+            own: links.config().addrs.iter().copied().collect(),
+            exclude_ports: links.config().exclude_ports.iter().copied().collect(),
             listener: addrs.inbound,
-            stats: metrics.links().unwrap_or_default(),
+            stats: links.stats().clone(),
         };
         for socket in link_sockets {
             background.push(tokio::spawn(proxy::run_links(

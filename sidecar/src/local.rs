@@ -133,8 +133,12 @@ pub struct LocalLinks {
 }
 
 impl LocalLinks {
-    /// Links under `config` (whose directory is `dir`), counted in `stats`.
-    pub fn new(config: LocalConfig, dir: Arc<LinkDir>, stats: Arc<LinkStats>) -> Self {
+    /// Links under `config` (whose directory is `dir`), counted in `stats`. The container's
+    /// addresses are kept in canonical form (IPv4-mapped IPv6 as IPv4), as headers carry them.
+    pub fn new(mut config: LocalConfig, dir: Arc<LinkDir>, stats: Arc<LinkStats>) -> Self {
+        for a in &mut config.addrs {
+            *a = a.to_canonical();
+        }
         Self {
             config,
             dir,
@@ -150,9 +154,7 @@ impl LocalLinks {
         let ip = dest.ip().to_canonical();
         // Excluded ports go as sent; calls to this container itself stay off its own inbound
         // side, as over TCP (a marked connect to its own address is never redirected).
-        if self.config.exclude_ports.contains(&dest.port())
-            || self.config.addrs.iter().any(|a| a.to_canonical() == ip)
-        {
+        if self.config.exclude_ports.contains(&dest.port()) || self.config.addrs.contains(&ip) {
             return None;
         }
         if let Ok(misses) = self.misses.lock() {
@@ -191,13 +193,24 @@ impl LocalLinks {
         }
     }
 
+    /// This container's addresses (canonical) and the ports that never take a link: what the
+    /// inbound side checks a link's header against.
+    pub fn config(&self) -> &LocalConfig {
+        &self.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<LinkStats> {
+        &self.stats
+    }
+
     /// The source a link names: this container's address of the destination's family.
     fn source_for(&self, dest: IpAddr) -> SocketAddr {
         let ip = self
             .config
             .addrs
             .iter()
-            .map(|a| a.to_canonical())
+            .copied()
             .find(|a| a.is_ipv4() == dest.is_ipv4())
             .unwrap_or(match dest {
                 IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),

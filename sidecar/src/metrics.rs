@@ -220,11 +220,6 @@ impl Metrics {
         let _ = self.links.set(stats);
     }
 
-    /// The node-local links' counters, when links are on.
-    pub fn links(&self) -> Option<Arc<LinkStats>> {
-        self.links.get().cloned()
-    }
-
     /// Records the snapshot revision in use.
     pub fn set_revision(&self, revision: u64) {
         self.revision.store(revision, Ordering::Relaxed);

@@ -18,7 +18,7 @@ use netd_config::netd::Protocol;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_util::task::TaskTracker;
 
 use crate::detect::{self, Detected, PrefixedIo, SERVER_FIRST_PORTS};
@@ -53,7 +53,7 @@ pub struct ProxyShared {
 pub async fn run(
     listener: TcpListener,
     shared: Arc<ProxyShared>,
-    mut drain: Drain,
+    drain: Drain,
     tracker: TaskTracker,
 ) {
     let local = match listener.local_addr() {
@@ -63,22 +63,35 @@ pub async fn run(
             return;
         }
     };
+    let serve = |(stream, peer): (TcpStream, SocketAddr), drain: Drain| {
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let orig = sockopt::original_dst(&stream);
+            let io = PrefixedIo::new(Bytes::new(), Stream::Tcp(stream));
+            handle(io, peer, orig, &shared, drain).await
+        });
+    };
+    accept_until_drained(&local, || listener.accept(), serve, drain).await;
+}
+
+/// The accept loop of every listener: each accepted connection goes to `serve` (with a drain
+/// handle of its own) until `drain` fires; a failed accept (EMFILE and friends) backs off
+/// briefly instead of spinning.
+async fn accept_until_drained<T, Fut>(
+    what: &(dyn std::fmt::Display + Sync),
+    mut accept: impl FnMut() -> Fut,
+    mut serve: impl FnMut(T, Drain),
+    mut drain: Drain,
+) where
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let shared = shared.clone();
-                    let drain = drain.clone();
-                    tracker.spawn(async move {
-                        let _ = stream.set_nodelay(true);
-                        let orig = sockopt::original_dst(&stream);
-                        let io = PrefixedIo::new(Bytes::new(), Stream::Tcp(stream));
-                        handle(io, peer, orig, &shared, drain).await
-                    });
-                }
+            accepted = accept() => match accepted {
+                Ok(conn) => serve(conn, drain.clone()),
                 Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(%local, error = %e, "accept failed");
+                    tracing::warn!(listener = %what, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -109,34 +122,24 @@ pub async fn run_links(
     socket: BoundSocket,
     side: LinkSide,
     shared: Arc<ProxyShared>,
-    mut drain: Drain,
+    drain: Drain,
     tracker: TaskTracker,
 ) {
-    loop {
-        tokio::select! {
-            accepted = socket.listener.accept() => match accepted {
-                Ok((mut stream, _)) => {
-                    let shared = shared.clone();
-                    let drain = drain.clone();
-                    let side = side.clone();
-                    tracker.spawn(async move {
-                        let header = local::read_header(&mut stream, shared.detect_timeout).await;
-                        let Some((header, rest)) = check_link(header, &side) else {
-                            return;
-                        };
-                        let orig = (!side.is_listener(header.dest)).then_some(header.dest);
-                        let io = PrefixedIo::new(rest, Stream::Unix(stream));
-                        handle(io, header.source, orig, &shared, drain).await
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(path = %socket.path.display(), error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = drain.signaled() => break,
-        }
-    }
+    let serve = |(mut stream, _): (UnixStream, _), drain: Drain| {
+        let shared = shared.clone();
+        let side = side.clone();
+        tracker.spawn(async move {
+            let header = local::read_header(&mut stream, shared.detect_timeout).await;
+            let Some((header, rest)) = check_link(header, &side) else {
+                return;
+            };
+            let orig = (!side.is_listener(header.dest)).then_some(header.dest);
+            let io = PrefixedIo::new(rest, Stream::Unix(stream));
+            handle(io, header.source, orig, &shared, drain).await
+        });
+    };
+    let path = socket.path.display();
+    accept_until_drained(&path, || socket.listener.accept(), serve, drain).await;
 }
 
 impl LinkSide {

@@ -56,6 +56,13 @@ async fn link_count(running: &netd_sidecar::Running, result: &str) -> u64 {
         .unwrap()
 }
 
+/// `GET http://web/` through `running`'s outbound listener, on a connection of its own.
+async fn get_web(running: &netd_sidecar::Running) -> (u16, String) {
+    let mut c = h1(running.addrs.outbound).await;
+    let (status, _, body) = read(c.send_request(get("web", "/")).await.unwrap()).await;
+    (status, body)
+}
+
 /// The server side: B holds the address 127.0.0.1 on the links and knows service `web`, so an
 /// endpoint `127.0.0.1:<app port>` is its container's; A (client side, address 127.0.0.2)
 /// sends `Host: web` requests through its outbound listener.
@@ -161,8 +168,7 @@ async fn without_a_listening_sidecar_or_on_an_excluded_port_tcp_is_used() {
         c.local = links(&dir.0, &["127.0.0.2"])
     })
     .await;
-    let mut c = h1(a.addrs.outbound).await;
-    let (status, _, body) = read(c.send_request(get("web", "/")).await.unwrap()).await;
+    let (status, body) = get_web(&a).await;
     assert_eq!((status, body.as_str()), (200, "plain"));
     assert_eq!(link_count(&a, "opened").await, 0);
     a.shutdown().await;
@@ -177,8 +183,7 @@ async fn without_a_listening_sidecar_or_on_an_excluded_port_tcp_is_used() {
         }
     })
     .await;
-    let mut c = h1(a.addrs.outbound).await;
-    let (status, _, _) = read(c.send_request(get("web", "/")).await.unwrap()).await;
+    let (status, _) = get_web(&a).await;
     assert_eq!(status, 200);
     assert_eq!(link_count(&a, "opened").await, 0);
     assert_eq!(link_count(&b, "accepted").await, 0);
@@ -225,8 +230,7 @@ async fn bad_links_are_refused_and_the_sidecar_keeps_serving() {
     assert_eq!(link_count(&b, "accepted").await, 0);
     assert_eq!(settle(&b).await, 0);
     // A well-formed link still works.
-    let mut c = h1(a.addrs.outbound).await;
-    let (status, _, body) = read(c.send_request(get("web", "/")).await.unwrap()).await;
+    let (status, body) = get_web(&a).await;
     assert_eq!((status, body.as_str()), (200, "app3"));
     assert_eq!(link_count(&b, "accepted").await, 1);
     a.shutdown().await;
@@ -250,8 +254,7 @@ async fn a_link_to_the_inbound_listener_itself_goes_to_the_inbound_target() {
         c.local = links(&dir.0, &["127.0.0.2"])
     })
     .await;
-    let mut c = h1(a.addrs.outbound).await;
-    let (status, _, body) = read(c.send_request(get("web", "/")).await.unwrap()).await;
+    let (status, body) = get_web(&a).await;
     assert_eq!((status, body.as_str()), (200, "origin"));
     assert_eq!(link_count(&b, "accepted").await, 1);
     a.shutdown().await;
@@ -268,8 +271,7 @@ async fn an_unusable_link_directory_costs_the_links_not_the_sidecar() {
         c.local = links(&missing, &["127.0.0.2"])
     })
     .await;
-    let mut c = h1(a.addrs.outbound).await;
-    let (status, _, body) = read(c.send_request(get("web", "/")).await.unwrap()).await;
+    let (status, body) = get_web(&a).await;
     assert_eq!((status, body.as_str()), (200, "tcp-only"));
     let (_, m) = admin_get(&a, "/metrics").await;
     assert!(!m.contains("netd_local_link"), "{m}");
